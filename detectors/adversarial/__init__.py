@@ -1,0 +1,1 @@
+"""Adversarial detectors on embeddings."""

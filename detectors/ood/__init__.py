@@ -1,0 +1,1 @@
+"""Ood detectors on embeddings."""

@@ -1,0 +1,1 @@
+"""Poisoning detectors on embeddings."""

@@ -1,0 +1,1 @@
+"""repwatch monitor: Kafka consumer runtime, per-model pipelines, metrics, alerts, and the CLI."""

@@ -1,0 +1,1 @@
+"""repwatch serving sidecar: ONNX inference over the Open Inference Protocol plus the record stream."""

@@ -1,0 +1,1 @@
+"""Self-supervised encoders: training (torch, `train` extra) and ONNX export."""
