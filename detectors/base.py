@@ -83,9 +83,7 @@ def check_array(
     if arr.shape[0] < min_rows:
         raise ValueError(f"{name} has {arr.shape[0]} rows, at least {min_rows} are needed")
     if dim is not None and arr.shape[1] != dim:
-        raise ValueError(
-            f"{name} has {arr.shape[1]} features, the detector was fitted on {dim}"
-        )
+        raise ValueError(f"{name} has {arr.shape[1]} features, the detector was fitted on {dim}")
     arr = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
@@ -126,11 +124,7 @@ class Detector:
 
     # --- fitted checks ----------------------------------------------------------------------
     def _learned(self) -> dict[str, Any]:
-        return {
-            k: v
-            for k, v in vars(self).items()
-            if k.endswith("_") and not k.startswith("_")
-        }
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
 
     @property
     def is_fitted(self) -> bool:
@@ -184,7 +178,7 @@ class Detector:
         extra: dict[str, NDArray[Any]] = {}
         for k, v in arrays.items():
             if k.startswith("extra."):
-                extra[k[len("extra."):]] = v
+                extra[k[len("extra.") :]] = v
             else:
                 setattr(obj, k, v)
         obj._load_extra_state(extra, meta.get("extra", {}))
@@ -222,7 +216,7 @@ def save_state(path: str | Path, arrays: dict[str, NDArray[Any]], meta: dict[str
         raise ValueError("array name '__meta__' is reserved")
     meta_bytes = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buf = io.BytesIO()
-    np.savez(buf, __meta__=meta_bytes, **arrays)
+    np.savez(buf, __meta__=meta_bytes, **arrays)  # type: ignore[arg-type]
     Path(path).write_bytes(buf.getvalue())
 
 

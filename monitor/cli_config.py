@@ -1,0 +1,29 @@
+"""``repwatch config check FILE``: print the effective configuration or the exact error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("config", help="inspect configuration files")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = csub.add_parser(
+        "check", help="validate FILE (plus REPWATCH_* overrides) and print the effective config"
+    )
+    check.add_argument("file", help="YAML configuration file")
+    check.set_defaults(func=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from monitor.config import ConfigError, dump_config, load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(dump_config(config))
+    return 0

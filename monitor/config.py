@@ -1,0 +1,273 @@
+"""Platform configuration: one YAML file, validated by pydantic, overridable from the environment.
+
+Every field can be overridden by an environment variable ``REPWATCH_<PATH>`` where ``<PATH>`` is
+the field path in upper case joined by ``__`` (list items by index)::
+
+    REPWATCH_KAFKA__BOOTSTRAP_SERVERS=broker:9092
+    REPWATCH_MONITOR__METRICS_PORT=9109
+    REPWATCH_MODELS__0__PATH=/models/digits.onnx
+
+Values are parsed as YAML scalars/flow collections (``[a, b]``, ``true``, ``3``). Secrets never
+live in the file: fields ending in ``_env`` / ``_file`` name an environment variable or a file
+that holds the secret, and :func:`read_secret` resolves them at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "REPWATCH_"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+class SecretRef(_Model):
+    """Where a secret comes from: an environment variable or a file (never the YAML itself)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' (variable name) or 'file' (path)")
+        return self
+
+
+def read_secret(ref: SecretRef | None) -> bytes | None:
+    """Resolve a secret reference; errors name the variable or file that is missing."""
+    if ref is None:
+        return None
+    if ref.env is not None:
+        value = os.environ.get(ref.env)
+        if value is None:
+            raise ValueError(f"secret environment variable {ref.env} is not set")
+        return value.encode()
+    assert ref.file is not None
+    try:
+        return ref.file.read_bytes().strip()
+    except OSError as exc:
+        raise ValueError(f"secret file {ref.file} cannot be read: {exc.strerror}") from None
+
+
+class KafkaConfig(_Model):
+    bootstrap_servers: list[str] = ["127.0.0.1:9092"]
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretRef | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    client_id: str = "repwatch"
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return [s.strip() for s in v.split(",")] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _sasl(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL") and (
+            self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password (a secret reference)"
+            )
+        return self
+
+
+class TopicsConfig(_Model):
+    records: str = "repwatch.records"
+    alerts: str = "repwatch.alerts"
+    dlq: str = "repwatch.records.dlq"
+
+
+class WindowConfig(_Model):
+    kind: Literal["count", "time"] = "count"
+    size: int = Field(1000, gt=0, description="records (count) or seconds (time)")
+    step: int | None = Field(None, gt=0, description="slide; None = tumbling (step = size)")
+    min_records: int = Field(50, gt=0, description="skip tests on windows smaller than this")
+
+
+class DetectorConfig(_Model):
+    """One detector of a model's pipeline, by registered name (``drift.mmd``, ``ood.knn``…)."""
+
+    name: str = Field(pattern=r"^[a-z_]+\.[a-z0-9_]+$")
+    params: dict[str, Any] = {}
+    window: WindowConfig | None = None
+    alert: bool = True
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+
+class ModelConfig(_Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    version: str = "1"
+    path: Path | None = Field(None, description="ONNX model served by the sidecar")
+    upstream_url: str | None = Field(None, description="tap mode: OIP server to forward to")
+    input_name: str | None = None
+    embedding_output: str = "embedding"
+    logits_output: str | None = None
+    encoder_path: Path | None = Field(None, description="separate SSL encoder ONNX graph")
+    embedding_dim: int | None = Field(None, gt=0)
+    reference: Path | None = Field(None, description="reference artifact directory or array file")
+    detectors: list[DetectorConfig] = []
+
+    @model_validator(mode="after")
+    def _source(self) -> ModelConfig:
+        if self.path is not None and self.upstream_url is not None:
+            raise ValueError("give either 'path' (serve locally) or 'upstream_url' (tap), not both")
+        return self
+
+
+class WebhookConfig(_Model):
+    url: str = Field(pattern=r"^https?://")
+    secret: SecretRef | None = None
+    timeout_seconds: float = Field(5.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    deadline_seconds: float = Field(60.0, gt=0)
+
+
+class AlertsConfig(_Model):
+    kafka: bool = True
+    webhooks: list[WebhookConfig] = []
+    source: str = "repwatch/monitor"
+
+
+class ServingConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, gt=0, lt=65536)
+    queue_size: int = Field(10000, gt=0)
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    nan_policy: Literal["reject", "pass"] = "reject"
+    client_id_header: str = "X-Client-Id"
+    client_id_key: SecretRef | None = None
+    flush_timeout_seconds: float = Field(5.0, gt=0)
+    dynamic_batching: bool = False
+
+
+class MonitorConfig(_Model):
+    group_id: str = "repwatch-monitor"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9108, gt=0, lt=65536)
+    checkpoint_dir: Path = Path("./repwatch-state")
+    checkpoint_interval_seconds: float = Field(5.0, gt=0)
+    unknown_models: Literal["skip", "dlq"] = "skip"
+    admin_token: SecretRef | None = None
+
+
+class Config(_Model):
+    """The whole platform's configuration."""
+
+    kafka: KafkaConfig = KafkaConfig()
+    topics: TopicsConfig = TopicsConfig()
+    models: list[ModelConfig] = []
+    alerts: AlertsConfig = AlertsConfig()
+    serving: ServingConfig = ServingConfig()
+    monitor: MonitorConfig = MonitorConfig()
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> Config:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique, repeated: {dupes}")
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"model {name!r} is not configured; known: {[m.name for m in self.models]}")
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid; the message says where."""
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any, var: str) -> None:
+    node: Any = tree
+    for i, key in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            try:
+                idx = int(key)
+            except ValueError:
+                raise ConfigError(f"{var}: {key!r} must be a list index") from None
+            while len(node) <= idx:
+                node.append({})
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"{var}: cannot descend into a {type(node).__name__}")
+        if last:
+            node[key] = value
+        else:
+            nxt = path[i + 1]
+            node = node.setdefault(key, [] if nxt.isdigit() else {})
+
+
+def apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Apply ``REPWATCH_A__B=value`` overrides onto a raw config tree (in sorted order)."""
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
+        if path[0] not in Config.model_fields:
+            continue  # e.g. REPWATCH_CONFIG names the file; not a field override
+        try:
+            value = yaml.safe_load(environ[var])
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{var}: value is not valid YAML: {exc}") from None
+        _set_path(tree, path, value, var)
+    return tree
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} invalid setting(s)"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load a YAML file (optional), apply environment overrides, validate."""
+    environ = os.environ if environ is None else environ
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        tree = loaded or {}
+    tree = apply_env(tree, environ)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def dump_config(config: Config) -> str:
+    """The effective configuration as YAML (secrets appear only as references)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
