@@ -1,0 +1,118 @@
+"""Export encoders to ONNX and prove the graph matches torch (torch; ``train`` extra).
+
+Graphs have one float32 input named ``input`` with a dynamic batch axis and named outputs
+(``embedding`` for an encoder), opset 18, weights embedded in the single ``.onnx`` file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from serving.encoders.onnx_io import OnnxEncoder
+
+OPSET = 18
+
+
+def export_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    *,
+    output_names: Sequence[str] = ("embedding",),
+    input_name: str = "input",
+    opset: int = OPSET,
+) -> Path:
+    """Export ``module`` (in eval mode, on the CPU) to a single self-contained ONNX file.
+
+    Parameters
+    ----------
+    module : nn.Module
+        Returns one tensor, or a tuple matching ``output_names``.
+    example : torch.Tensor
+        An example batch (batch size >= 2, so the batch axis is not specialised).
+    path : str or Path
+        Destination ``.onnx`` file.
+    output_names : sequence of str
+        Names of the graph outputs, in the order the module returns them.
+    input_name : str
+        Name of the graph input.
+    opset : int
+        ONNX opset (>= 17).
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    if opset < 17:
+        raise ValueError(f"opset {opset} is too old; repwatch exports use opset >= 17")
+    if example.shape[0] < 2:
+        raise ValueError("example batch must have at least 2 rows so the batch axis stays dynamic")
+    path = Path(path)
+    module = module.cpu().eval()
+    example = example.detach().cpu().float()
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    program = torch.onnx.export(
+        module,
+        (example,),
+        dynamo=True,
+        input_names=[input_name],
+        output_names=list(output_names),
+        dynamic_shapes=({0: batch},),
+        opset_version=opset,
+        optimize=True,
+        verbose=False,
+    )
+    if program is None:  # only the legacy exporter returns None
+        raise RuntimeError("torch.onnx.export returned no program")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path), external_data=False)
+    return path
+
+
+def torch_outputs(module: nn.Module, X: NDArray[Any]) -> list[NDArray[np.float32]]:
+    """The module's outputs on ``X`` (CPU, eval mode) as numpy arrays."""
+    module = module.cpu().eval()
+    with torch.no_grad():
+        out: Any = module(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)))
+    outs = out if isinstance(out, tuple | list) else (out,)
+    return [o.numpy() for o in outs]
+
+
+def verify_export(
+    module: nn.Module,
+    path: str | Path,
+    X: NDArray[Any],
+    *,
+    output_names: Sequence[str] = ("embedding",),
+    atol: float = 1e-5,
+) -> float:
+    """Run ``X`` through torch and onnxruntime; raise if any output differs by more than ``atol``.
+
+    Returns
+    -------
+    float
+        The largest absolute difference seen.
+    """
+    runner = OnnxEncoder(path, output=output_names[0])
+    got = runner.run(X, list(output_names))
+    worst = 0.0
+    for name, ref in zip(output_names, torch_outputs(module, X), strict=True):
+        if got[name].shape != ref.shape:
+            raise AssertionError(
+                f"output {name!r}: onnxruntime shape {got[name].shape} != torch {ref.shape}"
+            )
+        diff = float(np.max(np.abs(got[name] - ref))) if ref.size else 0.0
+        worst = max(worst, diff)
+        if diff > atol:
+            raise AssertionError(
+                f"output {name!r} of {Path(path).name} differs from torch by {diff:.3g} > {atol}"
+            )
+    return worst
