@@ -18,6 +18,7 @@ from detectors.drift.chi2 import ChiSquareDrift
 from detectors.drift.classifier import ClassifierDrift
 from detectors.drift.ks import KSDrift
 from detectors.drift.mmd import MMDDrift
+from detectors.drift.online_mmd import OnlineMMDDrift
 
 __all__ = [
     "ChiSquareDrift",
@@ -26,4 +27,5 @@ __all__ = [
     "KSDrift",
     "MMDDrift",
     "OnlineDriftResult",
+    "OnlineMMDDrift",
 ]
