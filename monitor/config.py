@@ -153,6 +153,11 @@ class ServingConfig(_Model):
     client_id_key: SecretRef | None = None
     flush_timeout_seconds: float = Field(5.0, gt=0)
     dynamic_batching: bool = False
+    max_batch_size: int = Field(32, gt=0, description="rows per dynamic batch")
+    batch_timeout_ms: float = Field(1.0, ge=0, description="how long a dynamic batch gathers")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads; 0 = its default")
+    stream_records: bool = Field(True, description="send inference records to Kafka")
+    feedback_cache_size: int = Field(10000, ge=0, description="recent records feedback can join")
 
 
 class MonitorConfig(_Model):

@@ -1,1 +1,1 @@
-"""repwatch serving sidecar: ONNX inference over the Open Inference Protocol plus the record stream."""
+"""repwatch serving sidecar: ONNX over the Open Inference Protocol, plus the record stream."""

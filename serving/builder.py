@@ -1,0 +1,266 @@
+"""Turn queued items into v1 records, on the record stream's thread (never the request path).
+
+The request path enqueues only references (the input and output arrays onnxruntime already
+made, or the raw request/response bytes in tap mode). Here, in batches: the SSL encoder runs once
+per model over all rows that need it, each row becomes a :class:`monitor.records.Record`, and
+records are msgpack-encoded.
+
+Feedback joins by record id: the builder remembers the embedding of the last
+``cache_size`` inference records, and a feedback record (kind ``feedback``) carries the same id,
+its label and that embedding. Since the queue is FIFO, feedback for a record enqueued earlier
+always finds it unless it has aged out (counted as ``unjoined_feedback``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from monitor.records import Label, Record, RecordError, encode
+from serving.metrics import ServingMetrics
+from serving.models import Inference, ServedModel
+from serving.oip import OIPError, Tensor, parse_request, parse_response_outputs
+from serving.stream import Message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class InferenceItem:
+    model: ServedModel
+    record_id: str
+    ts: int
+    inference: Inference
+    client_id: str | None
+
+
+@dataclass(slots=True)
+class TapItem:
+    model: ServedModel
+    record_id: str
+    ts: int
+    request_body: bytes
+    request_header_length: str | None
+    response_body: bytes
+    response_header_length: str | None
+    client_id: str | None
+
+
+@dataclass(slots=True)
+class RecordsItem:
+    records: list[Record]
+
+
+@dataclass(slots=True)
+class FeedbackItem:
+    model: str
+    record_id: str
+    label: Label
+    ts: int
+    embedding: NDArray[Any] | None
+    client_id: str | None
+
+
+@dataclass(slots=True)
+class _Row:
+    model: ServedModel
+    record_id: str
+    ts: int
+    inputs: NDArray[Any] | None
+    embedding: NDArray[Any] | None
+    logits: NDArray[Any] | None
+    client_id: str | None
+
+
+def row_ids(record_id: str, n: int) -> list[str]:
+    """Record ids of a request's rows: the request's id at batch 1, ``id:i`` otherwise."""
+    return [record_id] if n == 1 else [f"{record_id}:{i}" for i in range(n)]
+
+
+def _prediction(logits: NDArray[Any] | None) -> int | float | None:
+    if logits is None:
+        return None
+    if logits.size == 1:
+        return float(logits.reshape(-1)[0])
+    return int(np.argmax(logits))
+
+
+class RecordBuilder:
+    def __init__(self, metrics: ServingMetrics, cache_size: int = 10000) -> None:
+        self.metrics = metrics
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str], tuple[NDArray[Any], str]] = OrderedDict()
+        self._invalid = metrics.records_dropped.labels("invalid_record")
+        self._unjoined = metrics.records_dropped.labels("unjoined_feedback")
+
+    def __call__(self, items: list[Any]) -> list[Message]:
+        rows: list[_Row | FeedbackItem | Record] = []
+        for item in items:
+            if isinstance(item, InferenceItem):
+                self._expand(item, rows)
+            elif isinstance(item, TapItem):
+                self._expand_tap(item, rows)
+            elif isinstance(item, RecordsItem):
+                rows.extend(item.records)
+            else:
+                rows.append(item)
+        self._embed(rows)
+        out: list[Message] = []
+        for row in rows:
+            record = self._record(row)
+            if record is None:
+                continue
+            try:
+                out.append((record.model, encode(record)))
+            except RecordError as exc:
+                self._invalid.inc()
+                log.debug("record %s dropped: %s", record.record_id, exc)
+        return out
+
+    # ---- expanding items into rows -------------------------------------------------------
+    def _expand(self, item: InferenceItem, rows: list[Any]) -> None:
+        inf = item.inference
+        n = inf.inputs.shape[0] if inf.inputs.ndim else 1
+        ids = row_ids(item.record_id, n)
+        for i, rid in enumerate(ids):
+            rows.append(
+                _Row(
+                    item.model,
+                    rid,
+                    item.ts,
+                    inf.inputs[i] if inf.inputs.ndim else inf.inputs,
+                    None if inf.embeddings is None else inf.embeddings[i],
+                    None if inf.logits is None else inf.logits[i],
+                    item.client_id,
+                )
+            )
+
+    def _expand_tap(self, item: TapItem, rows: list[Any]) -> None:
+        model = item.model
+        try:
+            request = parse_request(item.request_body, item.request_header_length)
+            tensor = _pick(request.inputs, model.input_name)
+        except OIPError as exc:
+            self._invalid.inc()
+            log.debug("tap record %s dropped: %s", item.record_id, exc)
+            return
+        logits = None
+        try:
+            outs = parse_response_outputs(item.response_body, item.response_header_length)
+            for t in outs:
+                if t.name == model.logits_name:
+                    logits = t.array
+        except (OIPError, ValueError):
+            pass  # the prediction is optional; the embedding is what the record is for
+        arr = tensor.array
+        n = arr.shape[0] if arr.ndim else 1
+        if logits is not None and (logits.ndim == 0 or logits.shape[0] != n):
+            logits = None
+        for i, rid in enumerate(row_ids(item.record_id, n)):
+            row_logits = None if logits is None else logits[i]
+            rows.append(_Row(model, rid, item.ts, arr[i], None, row_logits, item.client_id))
+
+    # ---- the SSL encoder, batched per model ----------------------------------------------
+    def _embed(self, rows: list[Any]) -> None:
+        pending: dict[int, list[_Row]] = {}
+        models: dict[int, ServedModel] = {}
+        for row in rows:
+            if isinstance(row, _Row) and row.embedding is None and row.model.encoder is not None:
+                pending.setdefault(id(row.model), []).append(row)
+                models[id(row.model)] = row.model
+        for key, group in pending.items():
+            model = models[key]
+            encoder = model.encoder
+            assert encoder is not None
+            spec = encoder.inputs[0]
+            try:
+                batch = np.stack([r.inputs for r in group])  # type: ignore[misc]
+                feeds = encoder.feeds([Tensor(spec.name, spec.datatype, list(batch.shape), batch)])
+                out = encoder.run(feeds, [model.config.embedding_output])[0]
+            except Exception as exc:  # wrong shapes from a tap client, encoder failures
+                log.warning(
+                    "SSL encoder of model %r failed on %d rows: %s", model.name, len(group), exc
+                )
+                for r in group:
+                    r.model = model
+                    r.inputs = None
+                continue
+            for r, emb in zip(group, out, strict=True):
+                r.embedding = emb
+
+    # ---- rows into records ---------------------------------------------------------------
+    def _record(self, row: Any) -> Record | None:
+        if isinstance(row, Record):
+            return row
+        if isinstance(row, FeedbackItem):
+            return self._feedback(row)
+        if row.embedding is None:
+            self._invalid.inc()
+            return None
+        emb = np.asarray(row.embedding, dtype=np.float32).reshape(-1)
+        model = row.model
+        self._remember(model.name, row.record_id, emb, model.version)
+        digest = None
+        if row.inputs is not None:
+            digest = hashlib.blake2b(
+                np.ascontiguousarray(row.inputs).tobytes(), digest_size=16
+            ).digest()
+        logits = row.logits
+        scores = None
+        if logits is not None and logits.size > 1:
+            scores = np.asarray(logits, dtype=np.float32).reshape(-1)
+        return Record(
+            model=model.name,
+            record_id=row.record_id,
+            timestamp_ms=row.ts,
+            embedding=emb,
+            model_version=model.version,
+            prediction=_prediction(logits),
+            scores=scores,
+            client_id=row.client_id,
+            input_digest=digest,
+        )
+
+    def _remember(self, model: str, rid: str, emb: NDArray[Any], version: str) -> None:
+        if self.cache_size <= 0:
+            return
+        cache = self._cache
+        cache[(model, rid)] = (emb, version)
+        if len(cache) > self.cache_size:
+            cache.popitem(last=False)
+
+    def _feedback(self, fb: FeedbackItem) -> Record | None:
+        emb = fb.embedding
+        version = ""
+        if emb is None:
+            hit = self._cache.get((fb.model, fb.record_id))
+            if hit is None:
+                self._unjoined.inc()
+                log.info("feedback for %s/%s: record not in the join cache", fb.model, fb.record_id)
+                return None
+            emb, version = hit
+        return Record(
+            model=fb.model,
+            record_id=fb.record_id,
+            timestamp_ms=fb.ts,
+            embedding=emb,
+            kind="feedback",
+            model_version=version,
+            label=fb.label,
+            client_id=fb.client_id,
+        )
+
+
+def _pick(tensors: list[Tensor], name: str) -> Tensor:
+    for t in tensors:
+        if t.name == name:
+            return t
+    if len(tensors) == 1:
+        return tensors[0]
+    raise OIPError(f"the request has no input {name!r} for the SSL encoder")

@@ -1,0 +1,45 @@
+"""``repwatch serve --config FILE``: run the serving sidecar (uvicorn, one process)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve", help="run the serving sidecar (Open Inference Protocol + record stream)"
+    )
+    p.add_argument("--config", required=True, help="YAML configuration file")
+    p.add_argument("--host", help="override serving.host")
+    p.add_argument("--port", type=int, help="override serving.port")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from monitor.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from serving.app import create_app
+
+    try:
+        app = create_app(config)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        app,
+        host=args.host or config.serving.host,
+        port=args.port or config.serving.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=int(config.serving.flush_timeout_seconds) + 1,
+    )
+    return 0

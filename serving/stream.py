@@ -1,0 +1,320 @@
+"""The record stream: a bounded in-memory queue drained by a background Kafka producer thread.
+
+The request path only appends a small item to a deque (no encoding, no I/O). One thread turns
+items into v1 records (running the SSL encoder, msgpack-encoding) and hands them to a
+kafka-python producer (batched, compressed, idempotent, keyed by model).
+
+When the broker is slow or down, the producer stops taking from the queue once
+``max_in_flight`` records await acknowledgement; the queue fills, then drops its **oldest**
+records (counted as ``queue_full``). Records kafka-python gives up on are counted as
+``delivery_failed``. Nothing waits on the broker on the request path, and the thread recovers by
+itself: it backs off, and after repeated failures rebuilds the producer (a broker restarted with
+empty storage does not know the old idempotent producer id).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from serving.metrics import ServingMetrics
+
+log = logging.getLogger(__name__)
+
+Message = tuple[str, bytes]  # (model = Kafka key, encoded record)
+Builder = Callable[[list[Any]], list[Message]]
+
+
+class Encoded:
+    """Already-encoded messages put back on the queue (they failed to be handed over)."""
+
+    __slots__ = ("messages",)
+
+    def __init__(self, messages: list[Message]) -> None:
+        self.messages = messages
+
+
+class RecordQueue:
+    """A deque of ``(n_records, item)`` bounded by the total record count; drops oldest."""
+
+    def __init__(self, capacity: int, metrics: ServingMetrics) -> None:
+        self.capacity = capacity
+        self._items: deque[tuple[int, Any]] = deque()
+        self._count = 0
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._dropped = metrics.records_dropped.labels("queue_full")
+        metrics.track_queue(lambda: self._count, capacity)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, item: Any, n: int = 1) -> None:
+        with self._lock:
+            self._items.append((n, item))
+            self._count += n
+            while self._count > self.capacity:
+                old, _ = self._items.popleft()
+                self._count -= old
+                self._dropped.inc(old)
+            if n == self._count:  # queue was empty: the producer may be waiting
+                self._ready.notify()
+
+    def put_front(self, item: Any, n: int) -> None:
+        """Return items taken but not handed over; they are the oldest, so they go first."""
+        with self._lock:
+            if self._count + n > self.capacity:
+                self._dropped.inc(n)
+                return
+            self._items.appendleft((n, item))
+            self._count += n
+
+    def take(self, max_records: int, timeout: float) -> list[Any]:
+        with self._lock:
+            if not self._items:
+                self._ready.wait(timeout)
+            out: list[Any] = []
+            taken = 0
+            while self._items and taken < max_records:
+                n, item = self._items.popleft()
+                taken += n
+                out.append(item)
+            self._count -= taken
+            return out
+
+    def clear(self) -> int:
+        with self._lock:
+            n, self._count = self._count, 0
+            self._items.clear()
+            return n
+
+
+ProducerFactory = Callable[[], Any]
+
+
+class RecordStream:
+    """Background producer thread for a :class:`RecordQueue`."""
+
+    def __init__(
+        self,
+        queue: RecordQueue,
+        build: Builder,
+        producer_factory: ProducerFactory,
+        topic: str,
+        metrics: ServingMetrics,
+        *,
+        max_in_flight: int = 2000,
+        batch_records: int = 500,
+        rebuild_after_failures: int = 3,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.queue = queue
+        self._build = build
+        self._factory = producer_factory
+        self.topic = topic
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.batch_records = batch_records
+        self.rebuild_after_failures = rebuild_after_failures
+        self.max_backoff = max_backoff
+        self._producer: Any = None
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._failures = 0  # consecutive failed deliveries/connects
+        self._pause_until = 0.0
+        self._stop = threading.Event()
+        self._deadline = 0.0
+        self._thread = threading.Thread(target=self._loop, name="repwatch-producer", daemon=True)
+        self._sent: dict[str, Any] = {}
+        self._drop_delivery = metrics.records_dropped.labels("delivery_failed")
+        metrics.track_in_flight(lambda: self._in_flight)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None and self._failures == 0
+
+    def close(self, timeout: float) -> None:
+        """Flush what is queued and in flight within ``timeout`` seconds, then stop."""
+        self._deadline = time.monotonic() + timeout
+        self._stop.set()
+        self._thread.join(timeout + 1.0)
+        left = self.queue.clear()
+        with self._lock:
+            left += self._in_flight
+            self._in_flight = 0
+        if left:
+            log.warning(
+                "record stream: %d records not delivered before the shutdown deadline", left
+            )
+            self.metrics.records_dropped.labels("shutdown").inc(left)
+
+    # ---- producer thread ---------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            if self._stop.is_set() and (not len(self.queue) or now >= self._deadline):
+                break
+            if self._rebuild:
+                self._drop_producer()
+            if self._producer is None and not self._connect():
+                continue
+            if self._in_flight >= self.max_in_flight or now < self._pause_until:
+                self._wait(0.02)
+                continue
+            items = self.queue.take(self.batch_records, 0.05)
+            if not items:
+                continue
+            messages: list[Message] = []
+            fresh = []
+            for item in items:
+                if isinstance(item, Encoded):
+                    messages.extend(item.messages)
+                else:
+                    fresh.append(item)
+            if fresh:
+                try:
+                    messages.extend(self._build(fresh))
+                except Exception:  # a bug in building must not kill the stream
+                    log.exception("record stream: building records failed; dropping %d", len(fresh))
+                    self.metrics.records_dropped.labels("invalid_record").inc(len(fresh))
+            self._send(messages)
+        self._shutdown_producer()
+
+    def _wait(self, seconds: float) -> None:
+        if self._stop.is_set():
+            if time.monotonic() >= self._deadline:
+                return
+            seconds = min(seconds, max(0.0, self._deadline - time.monotonic()))
+        self._stop.wait(seconds) if not self._stop.is_set() else time.sleep(seconds)
+
+    def _connect(self) -> bool:
+        try:
+            self._producer = self._factory()
+            log.info("record stream: producer connected, sending to %s", self.topic)
+            self._failures = 0
+            self._pause_until = 0.0
+            return True
+        except Exception as exc:
+            self.metrics.producer_errors.labels("connect").inc()
+            self._failures += 1
+            backoff = min(self.max_backoff, 0.2 * 2 ** min(self._failures, 6))
+            log.warning("record stream: cannot reach Kafka (%s); retrying in %.1fs", exc, backoff)
+            self._wait(backoff)
+            return False
+
+    def _send(self, messages: list[Message]) -> None:
+        producer = self._producer
+        for i, (model, value) in enumerate(messages):
+            try:
+                fut = producer.send(self.topic, key=model.encode(), value=value)
+            except Exception as exc:
+                # Metadata unavailable within max_block_ms, or the producer is closed: keep the
+                # rest (they are the oldest records) and try again after a pause.
+                self.metrics.producer_errors.labels("send").inc()
+                log.warning("record stream: send failed (%s)", exc)
+                rest = messages[i:]
+                self.queue.put_front(Encoded(rest), len(rest))
+                self._failed()
+                return
+            with self._lock:
+                self._in_flight += 1
+            fut.add_callback(self._delivered, model)
+            fut.add_errback(self._undelivered)
+
+    def _delivered(self, model: str, _meta: Any) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        self._failures = 0
+        counter = self._sent.get(model)
+        if counter is None:
+            counter = self._sent[model] = self.metrics.records_sent.labels(model)
+        counter.inc()
+
+    def _undelivered(self, exc: BaseException) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        self._drop_delivery.inc()
+        self.metrics.producer_errors.labels("delivery").inc()
+        if self._failures == 0:
+            log.warning("record stream: delivery failed (%s)", exc)
+        self._failed()
+
+    def _failed(self) -> None:
+        self._failures += 1
+        self._pause_until = time.monotonic() + min(
+            self.max_backoff, 0.1 * 2 ** min(self._failures, 6)
+        )
+        if self._failures >= self.rebuild_after_failures and self._producer is not None:
+            # Rebuilt on the producer thread; a callback only flags it.
+            self._rebuild = True
+
+    _rebuild = False
+
+    def _drop_producer(self) -> None:
+        """Close a producer that keeps failing; in-flight records fail and are counted."""
+        self._rebuild = False
+        producer, self._producer = self._producer, None
+        log.warning("record stream: %d failures in a row; rebuilding the producer", self._failures)
+        try:
+            producer.close(timeout=0)
+        except Exception as exc:
+            log.warning("record stream: close failed (%s)", exc)
+
+    def _shutdown_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        remaining = max(0.0, self._deadline - time.monotonic())
+        try:
+            producer.flush(timeout=remaining)
+        except Exception as exc:
+            log.warning("record stream: flush did not finish (%s)", exc)
+        try:
+            producer.close(timeout=max(0.0, self._deadline - time.monotonic()))
+        except Exception as exc:
+            log.warning("record stream: close failed (%s)", exc)
+
+
+def kafka_producer_factory(
+    bootstrap_servers: Sequence[str],
+    *,
+    client_id: str = "repwatch-serving",
+    compression: str = "gzip",
+    linger_ms: int = 5,
+    batch_size: int = 256 * 1024,
+    delivery_timeout_ms: int = 30_000,
+    request_timeout_ms: int = 10_000,
+    max_block_ms: int = 2_000,
+    **security: Any,
+) -> ProducerFactory:
+    """A factory for an idempotent, batched, compressed kafka-python producer."""
+
+    def make() -> Any:
+        from kafka import KafkaProducer
+
+        return KafkaProducer(
+            bootstrap_servers=list(bootstrap_servers),
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            compression_type=compression,
+            linger_ms=linger_ms,
+            batch_size=batch_size,
+            delivery_timeout_ms=delivery_timeout_ms,
+            request_timeout_ms=request_timeout_ms,
+            max_block_ms=max_block_ms,
+            retry_backoff_ms=200,
+            reconnect_backoff_ms=100,
+            reconnect_backoff_max_ms=2000,
+            **security,
+        )
+
+    return make
