@@ -97,6 +97,10 @@ class WindowConfig(_Model):
     size: int = Field(1000, gt=0, description="records (count) or seconds (time)")
     step: int | None = Field(None, gt=0, description="slide; None = tumbling (step = size)")
     min_records: int = Field(50, gt=0, description="skip tests on windows smaller than this")
+    every_seconds: float | None = Field(
+        None, gt=0, description="count windows: test the latest `size` records every N seconds "
+        "of event time instead of every `step` records"
+    )
 
 
 class DetectorConfig(_Model):
@@ -107,6 +111,10 @@ class DetectorConfig(_Model):
     window: WindowConfig | None = None
     alert: bool = True
     severity: Literal["info", "warning", "critical"] = "warning"
+    min_flagged_fraction: float = Field(
+        0.05, ge=0, le=1, description="per-record detectors (OOD…): alert on a window whose "
+        "flagged fraction reaches this"
+    )
 
 
 class ModelConfig(_Model):
@@ -168,6 +176,12 @@ class MonitorConfig(_Model):
     checkpoint_interval_seconds: float = Field(5.0, gt=0)
     unknown_models: Literal["skip", "dlq"] = "skip"
     admin_token: SecretRef | None = None
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = Field(
+        None, ge=0, lt=65536, description="admin HTTP API (reference replacement); None = off"
+    )
+    max_poll_records: int = Field(2000, gt=0)
+    model_versions_kept: int = Field(3, gt=0, description="pipelines kept per model")
 
 
 class Config(_Model):

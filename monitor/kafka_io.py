@@ -1,0 +1,236 @@
+"""The Kafka boundary: every kafka-python call of the monitor lives in this one file.
+
+The runtime sees columnar :class:`Batch` values, ``(topic, partition)`` tuples and plain ints;
+swapping in confluent-kafka means rewriting this module only (``Consumer``/``Producer`` keep
+their methods, the rebalance callbacks keep their meaning: *revoke* runs before partitions are
+taken away, inside ``poll``, so the runtime can checkpoint and commit them first).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.config import KafkaConfig, read_secret
+
+log = logging.getLogger(__name__)
+TP = tuple[str, int]
+
+
+def client_kwargs(cfg: KafkaConfig) -> dict[str, Any]:
+    """Connection settings shared by consumers and producers (secrets resolved here)."""
+    kw: dict[str, Any] = {
+        "bootstrap_servers": cfg.bootstrap_servers,
+        "security_protocol": cfg.security_protocol,
+        "client_id": cfg.client_id,
+    }
+    if cfg.sasl_mechanism:
+        password = read_secret(cfg.sasl_password)
+        kw.update(
+            sasl_mechanism=cfg.sasl_mechanism,
+            sasl_plain_username=cfg.sasl_username,
+            sasl_plain_password=password.decode() if password else None,
+        )
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(cfg, name)
+        if value is not None:
+            kw[name] = str(value)
+    return kw
+
+
+@dataclass
+class Batch:
+    """Messages of one poll, column by column, in partition order then offset order."""
+
+    topics: list[str] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class Consumer:
+    """A group consumer on one topic with manual commits and rebalance callbacks."""
+
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        topic: str,
+        group_id: str,
+        on_assign: Callable[[list[TP]], None],
+        on_revoke: Callable[[list[TP]], None],
+        **overrides: Any,
+    ) -> None:
+        from kafka import KafkaConsumer
+        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                on_revoke([(tp.topic, tp.partition) for tp in revoked])
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                on_assign([(tp.topic, tp.partition) for tp in assigned])
+
+        settings: dict[str, Any] = {
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_partition_fetch_bytes": 8 << 20,
+            "fetch_max_bytes": 64 << 20,
+            **client_kwargs(cfg),
+            **overrides,
+        }
+        self._c = KafkaConsumer(**settings)
+        self._c.subscribe([topic], listener=Listener())
+
+    def poll(self, timeout_s: float, max_records: int) -> Batch:
+        out = Batch()
+        polled = self._c.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        for tp, msgs in polled.items():
+            n = len(msgs)
+            out.topics.extend([tp.topic] * n)
+            out.partitions.extend([tp.partition] * n)
+            for m in msgs:
+                out.offsets.append(m.offset)
+                out.keys.append(m.key)
+                out.values.append(m.value)
+                out.timestamps.append(m.timestamp)
+        return out
+
+    def commit(self, offsets: dict[TP, int]) -> None:
+        """Commit ``next offset to read`` per partition (synchronous)."""
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        if offsets:
+            self._c.commit({
+                TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()
+            })
+
+    def committed(self, tp: TP) -> int | None:
+        from kafka.structs import TopicPartition
+
+        result: int | None = self._c.committed(TopicPartition(*tp))
+        return result
+
+    def position(self, tp: TP) -> int:
+        from kafka.structs import TopicPartition
+
+        return int(self._c.position(TopicPartition(*tp)))
+
+    def seek(self, tp: TP, offset: int) -> None:
+        from kafka.structs import TopicPartition
+
+        self._c.seek(TopicPartition(*tp), offset)
+
+    def lag(self, positions: dict[TP, int]) -> dict[TP, int]:
+        """High-water mark minus position, from fetch metadata (no extra broker request)."""
+        from kafka.structs import TopicPartition
+
+        out = {}
+        for tp, pos in positions.items():
+            hw = self._c.highwater(TopicPartition(*tp))
+            if hw is not None:
+                out[tp] = max(int(hw) - pos, 0)
+        return out
+
+    def assignment(self) -> list[TP]:
+        return [(tp.topic, tp.partition) for tp in self._c.assignment()]
+
+    def close(self) -> None:
+        self._c.close(autocommit=False)
+
+
+class Producer:
+    """Fire-and-forget sends with an optional per-message success callback; ``flush`` waits."""
+
+    def __init__(self, cfg: KafkaConfig, **overrides: Any) -> None:
+        from kafka import KafkaProducer
+
+        settings: dict[str, Any] = {
+            "acks": "all",
+            "linger_ms": 5,
+            **client_kwargs(cfg),
+            **overrides,
+        }
+        self._p = KafkaProducer(**settings)
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_success: Callable[[], None] | None = None,
+    ) -> None:
+        fut = self._p.send(topic, value=value, key=key, headers=headers or [])
+        if on_success is not None:
+            fut.add_callback(lambda _meta: on_success())
+        fut.add_errback(lambda exc: log.error("send to %s failed: %s", topic, exc))
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        self._p.flush(timeout=timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._p.close(timeout=timeout_s)
+
+
+def read_range(
+    cfg: KafkaConfig,
+    topic: str,
+    *,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    start_offset: int | None = None,
+    end_offset: int | None = None,
+    max_messages: int = 1_000_000,
+    idle_timeout_s: float = 5.0,
+) -> list[bytes]:
+    """Values of a topic between two times (ms) or offsets (per partition), without a group."""
+    import time
+
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    c = KafkaConsumer(enable_auto_commit=False, **client_kwargs(cfg))
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            raise ValueError(f"topic {topic!r} does not exist or has no partitions")
+        c.assign(tps)
+        ends = c.end_offsets(tps)
+        stop = {tp: ends[tp] if end_offset is None else min(end_offset, ends[tp]) for tp in tps}
+        if start_ms is not None:
+            found = c.offsets_for_times({tp: start_ms for tp in tps})
+            for tp in tps:
+                c.seek(tp, found[tp].offset if found.get(tp) else ends[tp])
+        elif start_offset is not None:
+            for tp in tps:
+                c.seek(tp, start_offset)
+        else:
+            c.seek_to_beginning(*tps)
+        out: list[bytes] = []
+        done = {tp for tp in tps if c.position(tp) >= stop[tp]}
+        last = time.monotonic()
+        while len(done) < len(tps) and len(out) < max_messages:
+            polled = c.poll(timeout_ms=500)
+            if not polled and time.monotonic() - last > idle_timeout_s:
+                break
+            for tp, msgs in polled.items():
+                last = time.monotonic()
+                for m in msgs:
+                    if m.offset >= stop[tp] or (end_ms is not None and m.timestamp >= end_ms):
+                        done.add(tp)
+                        break
+                    out.append(m.value)
+                if c.position(tp) >= stop[tp]:
+                    done.add(tp)
+        return out[:max_messages]
+    finally:
+        c.close()

@@ -1,0 +1,172 @@
+"""References: the fitted detectors of one model, built from reference embeddings and saved.
+
+A reference directory holds one ``.npz`` per configured detector (``Detector.save``: arrays +
+JSON, no pickle), ``stats.npz`` (reference mean and scale, used to pick the most anomalous
+records of a window as alert evidence) and ``manifest.json``::
+
+    {"format": 1, "model": "digits", "dim": 64, "rows": 1797, "source": "array:ref.npy",
+     "created": "2026-…Z", "detectors": [{"id": "drift.mmd", "name": "drift.mmd",
+     "file": "00-drift.mmd.npz", "params": {...}}]}
+
+:func:`load_reference` accepts such a directory, or an array file (``.npy``, or ``.npz`` with an
+``X``/``embeddings`` array) that it fits at start. The detectors are looked up in the registry
+by name, never imported by class, so new families plug in without touching the monitor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from monitor.config import DetectorConfig, ModelConfig
+
+REFERENCE_FORMAT = 1
+
+
+def detector_ids(detectors: list[DetectorConfig]) -> list[str]:
+    """Stable ids of a model's detectors: the name, with ``#i`` when a name repeats."""
+    names = [d.name for d in detectors]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+
+
+@dataclass
+class ReferenceSet:
+    """Fitted detectors of one model (aligned with its config) and reference statistics."""
+
+    model: str
+    detectors: dict[str, Any]  # detector id -> fitted detectors.base.Detector
+    mean: NDArray[np.float64]
+    scale: NDArray[np.float64]
+    source: str
+    rows: int
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    def deviation(self, X: NDArray[Any]) -> NDArray[np.float64]:
+        """Standardised distance of each row to the reference mean (for evidence ranking)."""
+        Z = (X - self.mean) / self.scale
+        return np.einsum("ij,ij->i", Z, Z)
+
+
+def read_array(path: Path) -> NDArray[np.float64]:
+    """Reference embeddings from ``.npy`` or ``.npz`` (array ``X`` or ``embeddings``)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        X = np.load(path, allow_pickle=False)
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            key = next((k for k in ("X", "embeddings") if k in f.files), None)
+            if key is None:
+                raise ValueError(
+                    f"{path} has arrays {f.files}; store the reference embeddings as 'X'"
+                )
+            X = f[key]
+    else:
+        raise ValueError(f"{path}: reference arrays must be .npy or .npz, got {path.suffix!r}")
+    if X.ndim != 2:
+        raise ValueError(f"{path}: reference must be 2-D (n, dim), got shape {X.shape}")
+    return np.asarray(X, dtype=np.float64)
+
+
+def fit_reference(cfg: ModelConfig, X: NDArray[Any], source: str) -> ReferenceSet:
+    """Fit every configured detector of ``cfg`` on reference embeddings ``X``."""
+    from detectors.base import registered
+
+    reg = registered()
+    X = np.asarray(X, dtype=np.float64)
+    if cfg.embedding_dim is not None and X.shape[1] != cfg.embedding_dim:
+        raise ValueError(
+            f"reference has {X.shape[1]} dims, model {cfg.name!r} expects {cfg.embedding_dim}"
+        )
+    fitted: dict[str, Any] = {}
+    for det_id, dc in zip(detector_ids(cfg.detectors), cfg.detectors, strict=True):
+        if dc.name not in reg:
+            raise ValueError(
+                f"model {cfg.name!r}: detector {dc.name!r} is not registered; "
+                f"known: {sorted(reg)}"
+            )
+        fitted[det_id] = reg[dc.name](**dc.params).fit(X)  # type: ignore[attr-defined]
+    scale = X.std(axis=0)
+    scale[scale == 0] = 1.0
+    return ReferenceSet(cfg.name, fitted, X.mean(axis=0), scale, source, int(X.shape[0]))
+
+
+def save_reference(ref: ReferenceSet, directory: Path) -> Path:
+    """Write a reference directory atomically (a temp directory renamed into place)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    entries = []
+    for i, (det_id, det) in enumerate(ref.detectors.items()):
+        fname = f"{i:02d}-{det_id.replace('#', '_')}.npz"
+        det.save(tmp / fname)
+        entries.append(
+            {"id": det_id, "name": det.name, "file": fname, "params": det.get_state()[1]["params"]}
+        )
+    np.savez(tmp / "stats.npz", mean=ref.mean, scale=ref.scale)
+    manifest = {
+        "format": REFERENCE_FORMAT,
+        "model": ref.model,
+        "dim": ref.dim,
+        "rows": ref.rows,
+        "source": ref.source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "detectors": entries,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+    return directory
+
+
+def load_reference(cfg: ModelConfig, path: Path) -> ReferenceSet:
+    """Load a saved reference directory, or fit one from an array file."""
+    from detectors.base import load
+
+    path = Path(path)
+    if path.is_file():
+        return fit_reference(cfg, read_array(path), f"array:{path}")
+    manifest_path = path / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(
+            f"reference {path} is neither an array file nor a directory with manifest.json; "
+            "build one with: repwatch reference fit"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != REFERENCE_FORMAT:
+        raise ValueError(f"{path}: reference format {manifest.get('format')!r} is not supported")
+    by_id = {e["id"]: e for e in manifest["detectors"]}
+    fitted: dict[str, Any] = {}
+    for det_id, dc in zip(detector_ids(cfg.detectors), cfg.detectors, strict=True):
+        entry = by_id.get(det_id)
+        if entry is None or entry["name"] != dc.name:
+            raise ValueError(
+                f"reference {path} has no fitted {det_id!r} for model {cfg.name!r} "
+                f"(it holds {sorted(by_id)}); refit it with: repwatch reference fit"
+            )
+        fitted[det_id] = load(path / entry["file"])
+    with np.load(path / "stats.npz", allow_pickle=False) as f:
+        mean, scale = f["mean"], f["scale"]
+    if cfg.embedding_dim is not None and mean.shape[0] != cfg.embedding_dim:
+        raise ValueError(
+            f"reference {path} has {mean.shape[0]} dims, model {cfg.name!r} expects "
+            f"{cfg.embedding_dim}"
+        )
+    return ReferenceSet(cfg.name, fitted, mean, scale, str(manifest.get("source", path)),
+                        int(manifest.get("rows", 0)))

@@ -1,0 +1,402 @@
+"""The monitor worker: one loop doing all the I/O (poll → decode → route → pipelines → alerts →
+checkpoint → commit), around the plain logic of :mod:`monitor.pipeline` and :mod:`monitor.windows`.
+
+Delivery guarantees
+-------------------
+* Offsets are committed only after every model state they cover is checkpointed, and after the
+  producer has flushed the dead-letter and alert messages of those records.
+* A checkpoint remembers the partition offset its state covers; after a crash the records
+  between the last commit and that offset are replayed by Kafka and skipped for that model, so
+  each record enters detector state exactly once (records after the checkpoint are processed
+  again, which is the point).
+* Alerts are claimed in the ledger (:mod:`monitor.sinks`) before they are sent, keyed by
+  model/version/detector/window: a replayed window never notifies twice, and an alert claimed
+  but not delivered when the worker died is re-sent on start.
+* SIGTERM/SIGINT finish the batch in hand, checkpoint, commit, leave the group and return.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from monitor import records as R
+from monitor.alerts import Finding, encode_event, kafka_headers, to_cloudevent
+from monitor.checkpoint import CheckpointStore, ModelCheckpoint, ReferenceOverrides
+from monitor.config import Config, ModelConfig, read_secret
+from monitor.kafka_io import TP, Batch, Consumer, Producer
+from monitor.pipeline import Pipeline
+from monitor.reference import ReferenceSet, detector_ids, load_reference
+from monitor.sinks import AlertLedger, Webhook, WebhookDispatcher
+from monitor.telemetry import MonitorMetrics
+
+log = logging.getLogger(__name__)
+ERROR_HEADER = "repwatch-error"
+
+
+@dataclass
+class ModelState:
+    """Pipelines of one model in one partition, newest version last."""
+
+    pipelines: OrderedDict[str, Pipeline] = field(default_factory=OrderedDict)
+    ckpt_offset: int = -1  # records below this offset are already in the state
+    dirty: bool = False
+
+
+class Worker:
+    """One consumer-group member. ``run()`` blocks; ``step()`` is one loop turn (for tests)."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: CollectorRegistry | None = None,
+        *,
+        references: dict[str, ReferenceSet] | None = None,
+        consumer_settings: dict[str, Any] | None = None,
+        producer_settings: dict[str, Any] | None = None,
+    ) -> None:
+        self.cfg = config
+        self.registry = registry or CollectorRegistry()
+        self.metrics = MonitorMetrics(self.registry)
+        ckpt_dir = Path(config.monitor.checkpoint_dir)
+        self.store = CheckpointStore(ckpt_dir)
+        self.ledger = AlertLedger(ckpt_dir / "alerts")
+        self.overrides = ReferenceOverrides(ckpt_dir)
+        self.models_cfg = {m.name: m for m in config.models}
+        self.references = references or self._load_references()
+        self.state: dict[TP, dict[str, ModelState]] = {}
+        self.positions: dict[TP, int] = {}
+        self.profile: dict[str, float] = {}
+        self.processed = 0
+        self._stop = threading.Event()
+        self._commands: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+        self._consumer_settings = consumer_settings or {}
+        self._producer_settings = producer_settings or {}
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.webhooks: WebhookDispatcher | None = None
+        self._last_ckpt = self._last_lag = time.monotonic()
+
+    # --- setup ---------------------------------------------------------------------------------
+    def _load_references(self) -> dict[str, ReferenceSet]:
+        refs = {}
+        overrides = self.overrides.read()
+        for m in self.cfg.models:
+            path = overrides.get(m.name, {}).get("path") or m.reference
+            if path is None:
+                raise ValueError(
+                    f"model {m.name!r} has no reference; set models[].reference to a reference "
+                    "directory (repwatch reference fit) or an array file"
+                )
+            if m.name in overrides:
+                log.warning("model %r: using the reference %s set by an admin call, not %s",
+                            m.name, path, m.reference)
+            refs[m.name] = load_reference(m, Path(path))
+        return refs
+
+    def start(self) -> None:
+        c = self.cfg
+        self.producer = Producer(c.kafka, **self._producer_settings)
+        hooks = [
+            Webhook(w.url, read_secret(w.secret), w.timeout_seconds, w.max_retries,
+                    w.deadline_seconds)
+            for w in c.alerts.webhooks
+        ]
+        self.webhooks = WebhookDispatcher(hooks, self._delivery_result)
+        for key, event, sinks in self.ledger.pending():
+            log.info("re-sending alert %s claimed before a restart to %s", key, sinks)
+            self._dispatch(key, event, sinks)
+        self.consumer = Consumer(
+            c.kafka, c.topics.records, c.monitor.group_id, self._on_assign, self._on_revoke,
+            **self._consumer_settings,
+        )
+
+    # --- rebalance -----------------------------------------------------------------------------
+    def _on_assign(self, tps: list[TP]) -> None:
+        for tp in tps:
+            models: dict[str, ModelState] = {}
+            for ckpt in self.store.load_partition(*tp):
+                ms = self._restore(ckpt)
+                if ms is not None:
+                    models[ckpt.model] = ms
+            self.state[tp] = models
+        log.info("assigned %s (restored models: %s)", sorted(tps),
+                 {tp[1]: sorted(self.state[tp]) for tp in tps})
+
+    def _restore(self, ckpt: ModelCheckpoint) -> ModelState | None:
+        mcfg = self.models_cfg.get(ckpt.model)
+        if mcfg is None:
+            log.warning("checkpoint of unconfigured model %r ignored", ckpt.model)
+            return None
+        ms = ModelState(ckpt_offset=ckpt.offset)
+        for arrays, meta in ckpt.versions:
+            pipe = Pipeline(mcfg, meta["version"], self.references[ckpt.model])
+            try:
+                pipe.set_state(arrays, meta)
+            except (ValueError, KeyError) as exc:
+                log.warning("model %r version %r starts fresh: its checkpoint does not fit the "
+                            "configuration (%s)", ckpt.model, meta["version"], exc)
+                pipe = Pipeline(mcfg, meta["version"], self.references[ckpt.model])
+            ms.pipelines[meta["version"]] = pipe
+        return ms
+
+    def _on_revoke(self, tps: list[TP]) -> None:
+        self.checkpoint_and_commit([tp for tp in tps if tp in self.state])
+        for tp in tps:
+            self.state.pop(tp, None)
+            self.positions.pop(tp, None)
+        log.info("revoked %s", sorted(tps))
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self, max_seconds: float | None = None, install_signals: bool = True) -> None:
+        if install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        if self.consumer is None:
+            self.start()
+        end = None if max_seconds is None else time.monotonic() + max_seconds
+        try:
+            while not self._stop.is_set() and (end is None or time.monotonic() < end):
+                self.step()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def step(self, poll_timeout_s: float = 0.2) -> int:
+        assert self.consumer is not None
+        self._run_commands()
+        t0 = time.perf_counter()
+        batch = self.consumer.poll(poll_timeout_s, self.cfg.monitor.max_poll_records)
+        self._time("poll", t0)
+        if len(batch):
+            self.process(batch)
+        now = time.monotonic()
+        if now - self._last_ckpt >= self.cfg.monitor.checkpoint_interval_seconds:
+            self.checkpoint_and_commit()
+        if now - self._last_lag >= 1.0:
+            self._last_lag = now
+            for (topic, part), lag in self.consumer.lag(self.positions).items():
+                self.metrics.lag.labels(topic, str(part)).set(lag)
+        return len(batch)
+
+    def _time(self, stage: str, t0: float) -> float:
+        dt = time.perf_counter() - t0
+        self.profile[stage] = self.profile.get(stage, 0.0) + dt
+        self.metrics.stage.labels(stage).inc(dt)
+        return time.perf_counter()
+
+    def process(self, batch: Batch) -> None:
+        t = time.perf_counter()
+        decoded = R.decode_many(batch.values)
+        t = self._time("decode", t)
+        for i, err in decoded.errors:
+            self._dead_letter(batch, i, "decode", str(err))
+        bad = {i for i, _ in decoded.errors}
+        ok = [i for i in range(len(batch)) if i not in bad]
+        groups: dict[tuple[TP, str], list[int]] = {}
+        for j, i in enumerate(ok):
+            tp = (batch.topics[i], batch.partitions[i])
+            groups.setdefault((tp, decoded.records[j].model), []).append(j)
+        for i in range(len(batch)):
+            tp = (batch.topics[i], batch.partitions[i])
+            self.positions[tp] = max(self.positions.get(tp, 0), batch.offsets[i] + 1)
+        t = self._time("route", t)
+        for (tp, model), js in groups.items():
+            self._process_model(tp, model, [(ok[j], decoded.records[j]) for j in js], batch)
+        self.processed += len(batch)
+
+    def _process_model(self, tp: TP, model: str, items: list[tuple[int, R.Record]],
+                       batch: Batch) -> None:
+        mcfg = self.models_cfg.get(model)
+        if mcfg is None:
+            self.metrics.unknown.inc(len(items))
+            if self.cfg.monitor.unknown_models == "dlq":
+                for i, _ in items:
+                    self._dead_letter(batch, i, "unknown_model",
+                                      f"model {model!r} is not configured in this monitor")
+            return
+        ms = self.state.setdefault(tp, {}).setdefault(model, ModelState())
+        if ms.ckpt_offset >= 0:
+            fresh = [(i, r) for i, r in items if batch.offsets[i] >= ms.ckpt_offset]
+            if len(fresh) < len(items):
+                self.metrics.skipped_replay.inc(len(items) - len(fresh))
+            items = fresh
+        by_version: dict[tuple[str, str], list[tuple[int, R.Record]]] = {}
+        for i, r in items:
+            by_version.setdefault((r.model_version, r.kind), []).append((i, r))
+        for (version, kind), its in by_version.items():
+            self.metrics.records.labels(model, version, kind).inc(len(its))
+            if kind != "inference":
+                continue  # feedback feeds poisoning checks; reference records feed `reference fit`
+            pipe = self._pipeline(ms, mcfg, version)
+            keep = [(i, r) for i, r in its if r.embedding.shape[0] == pipe.dim]
+            for i, r in its:
+                if r.embedding.shape[0] != pipe.dim:
+                    self._dead_letter(batch, i, "dimension",
+                                      f"embedding has {r.embedding.shape[0]} dims, model "
+                                      f"{model!r} version {version!r} expects {pipe.dim}")
+            if not keep:
+                continue
+            self._run_pipeline(pipe, [r for _, r in keep])
+            ms.dirty = True
+
+    def _pipeline(self, ms: ModelState, mcfg: ModelConfig, version: str) -> Pipeline:
+        pipe = ms.pipelines.get(version)
+        if pipe is None:
+            log.info("model %r version %r: new pipeline (fresh windows and detector state)",
+                     mcfg.name, version)
+            pipe = ms.pipelines[version] = Pipeline(mcfg, version, self.references[mcfg.name])
+            while len(ms.pipelines) > self.cfg.monitor.model_versions_kept:
+                old, _ = ms.pipelines.popitem(last=False)
+                self.metrics.forget_version(mcfg.name, old, detector_ids(mcfg.detectors))
+        return pipe
+
+    def _run_pipeline(self, pipe: Pipeline, recs: list[R.Record]) -> None:
+        t = time.perf_counter()
+        X = np.stack([r.embedding for r in recs])
+        ids = [r.record_id for r in recs]
+        ts = np.fromiter((r.timestamp_ms for r in recs), dtype=np.int64, count=len(recs))
+        report = pipe.process(X, ids, ts)
+        t = self._time("detectors", t)
+        for obs in report.observations:
+            self.metrics.observe(pipe.model, pipe.version, obs)
+        t = self._time("metrics", t)
+        for f in report.findings:
+            self._alert(f)
+        self._time("alerts", t)
+
+    # --- outputs -------------------------------------------------------------------------------
+    def _dead_letter(self, batch: Batch, i: int, reason: str, message: str) -> None:
+        assert self.producer is not None
+        self.metrics.dlq.labels(reason).inc()
+        headers = [
+            (ERROR_HEADER, message.encode()),
+            ("repwatch-error-reason", reason.encode()),
+            ("repwatch-source",
+             f"{batch.topics[i]}/{batch.partitions[i]}/{batch.offsets[i]}".encode()),
+        ]
+        self.producer.send(self.cfg.topics.dlq, batch.values[i], batch.keys[i], headers)
+
+    def _alert(self, f: Finding) -> None:
+        if not f.alert:
+            return
+        event = to_cloudevent(f, self.cfg.alerts.source)
+        key = event["id"]
+        sinks = (["kafka"] if self.cfg.alerts.kafka else []) + [
+            h.sink for h in (self.webhooks.webhooks if self.webhooks else [])
+        ]
+        if not self.ledger.claim(key, event, sinks):
+            self.metrics.alerts_duplicate.labels(f.model, f.kind).inc()
+            log.info("alert %s (%s %s window %s) was sent before; not sent again", key, f.model,
+                     f.detector, f.window)
+            return
+        self.metrics.alerts.labels(f.model, f.kind).inc()
+        log.warning("ALERT %s model=%s version=%s detector=%s statistic=%.4g window=%s", f.kind,
+                    f.model, f.model_version, f.detector, f.statistic, f.window)
+        self._dispatch(key, event, sinks)
+
+    def _dispatch(self, key: str, event: dict[str, Any], sinks: list[str]) -> None:
+        if "kafka" in sinks and self.producer is not None:
+            self.producer.send(
+                self.cfg.topics.alerts, encode_event(event), str(event["subject"]).encode(),
+                kafka_headers(event), on_success=lambda: self._delivery_result(key, "kafka",
+                                                                               "delivered"),
+            )
+        if self.webhooks is not None:
+            self.webhooks.submit(key, event, sinks)
+
+    def _delivery_result(self, key: str, sink: str, outcome: str) -> None:
+        self.metrics.deliveries.labels(sink.split(":", 1)[0], outcome).inc()
+        if outcome in ("delivered", "rejected"):
+            self.ledger.delivered(key, sink)
+
+    # --- checkpoint and commit -----------------------------------------------------------------
+    def checkpoint_and_commit(self, tps: list[TP] | None = None) -> None:
+        if self.consumer is None or self.producer is None:
+            return
+        t = time.perf_counter()
+        tps = list(self.state) if tps is None else tps
+        wrote = 0
+        for tp in tps:
+            offset = self.positions.get(tp)
+            if offset is None:
+                continue
+            for model, ms in self.state.get(tp, {}).items():
+                if not ms.dirty:
+                    continue
+                versions = [p.get_state() for p in ms.pipelines.values()]
+                self.store.save(ModelCheckpoint(model, tp[0], tp[1], offset, versions))
+                ms.ckpt_offset, ms.dirty = offset, False
+                wrote += 1
+        self.metrics.last_checkpoint = time.time()
+        if wrote:
+            self.metrics.checkpoints.inc(wrote)
+        t = self._time("checkpoint", t)
+        self.producer.flush()  # DLQ and alert messages of these records are on the broker
+        self.consumer.commit({tp: self.positions[tp] for tp in tps if tp in self.positions})
+        self._time("commit", t)
+        self._last_ckpt = time.monotonic()
+
+    def close(self) -> None:
+        """Drain: checkpoint, commit, flush alerts, leave the group."""
+        try:
+            self.checkpoint_and_commit()
+        finally:
+            if self.webhooks is not None:
+                self.webhooks.close(timeout=5.0)
+            if self.producer is not None:
+                self.producer.flush()
+                self.producer.close()
+            if self.consumer is not None:
+                self.consumer.close()
+            self.consumer = self.producer = None
+
+    # --- admin commands, applied on the loop thread ----------------------------------------------
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        self._commands.put((fn, fut))
+        return fut
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                fn, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fut.set_result(fn())
+            except Exception as exc:  # the caller gets the error; the loop goes on
+                fut.set_exception(exc)
+
+    def replace_reference(self, model: str, path: str, actor: str) -> dict[str, Any]:
+        """Swap a model's reference (loop thread): pipelines restart fresh; logged, persisted."""
+        mcfg = self.models_cfg.get(model)
+        if mcfg is None:
+            raise KeyError(f"model {model!r} is not configured; known: {sorted(self.models_cfg)}")
+        new = load_reference(mcfg, Path(path))
+        self.references[model] = new
+        for models in self.state.values():
+            ms = models.get(model)
+            if ms is not None:
+                for version in list(ms.pipelines):
+                    ms.pipelines[version] = Pipeline(mcfg, version, new)
+                ms.dirty = True
+        self.overrides.set(model, str(path), actor)
+        self.metrics.reference_replaced.labels(model).inc()
+        log.warning("reference of model %r replaced by %s (admin call from %s); its pipelines "
+                    "restart with fresh state", model, path, actor)
+        return {"model": model, "reference": str(path), "rows": new.rows, "dim": new.dim}
