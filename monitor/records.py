@@ -20,6 +20,8 @@ This module imports only numpy and msgpack, so it works without Kafka installed.
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -79,6 +81,12 @@ class Record:
         return True
 
     __hash__ = None  # type: ignore[assignment]
+
+
+_new_record = object.__new__
+# The fast finiteness check (a dot product) overflows on |values| > ~1e19, harmlessly: the exact
+# check then decides. Silence that one warning, for this module only.
+warnings.filterwarnings("ignore", "overflow encountered in dot", RuntimeWarning, __name__)
 
 
 def _tensor(name: str, arr: NDArray[Any]) -> dict[str, Any]:
@@ -201,9 +209,14 @@ def _decode_map(m: Any, *, check_finite: bool = True) -> Record:
     if not ok:
         return _decode_map_checked(m, check_finite=check_finite)
     arr = np.frombuffer(data, dtype=dtype)
-    if check_finite and not np.isfinite(arr).all():
+    # A dot product is ~4x cheaper than isfinite().all() and is non-finite whenever an element
+    # is; only then (or on float overflow of huge values) is the exact check needed.
+    if check_finite and not math.isfinite(arr.dot(arr)) and not np.isfinite(arr).all():
         raise RecordError("embedding", "contains NaN or inf")
-    return Record(
+    # Frozen-dataclass __init__ costs a setattr per field; a decoded record is fully validated,
+    # so fill its __dict__ directly (the hot path of the monitor: ~1 us saved per record).
+    rec = _new_record(Record)
+    rec.__dict__.update(
         model=model,
         record_id=rid,
         timestamp_ms=ts,
@@ -211,9 +224,13 @@ def _decode_map(m: Any, *, check_finite: bool = True) -> Record:
         kind="inference",
         model_version=version,
         prediction=m.get("prediction"),
+        scores=None,
+        label=None,
         client_id=m.get("client_id"),
         input_digest=m.get("input_digest"),
+        schema_version=SCHEMA_VERSION,
     )
+    return rec
 
 
 def _decode_map_checked(m: Any, *, check_finite: bool = True) -> Record:

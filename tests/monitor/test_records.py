@@ -176,3 +176,10 @@ def test_stack_embeddings() -> None:
     other["embedding"] = {"dtype": "f4", "dim": 2, "data": np.zeros(2, "<f4").tobytes()}
     with pytest.raises(ValueError, match="mixed embedding dimensions"):
         R.stack_embeddings([*recs, R.decode(_pack(other))])
+
+
+def test_huge_finite_values_are_not_mistaken_for_inf() -> None:
+    # The fast finiteness check overflows on these; the exact check must then accept them.
+    emb = np.full(8, 3e38, dtype=np.float32)
+    rec = R.Record(model="m", record_id="r", timestamp_ms=1, embedding=emb)
+    np.testing.assert_array_equal(R.decode(R.encode(rec)).embedding, emb)
