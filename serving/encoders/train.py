@@ -51,6 +51,8 @@ class TrainConfig:
         Fraction of rows held out for early stopping.
     patience : int
         Epochs without held-out improvement before stopping.
+    min_delta : float
+        Decrease of the held-out loss that counts as an improvement.
     seed : int
         Seeds the split, initialisation, batching and augmentations.
     device : str
@@ -70,6 +72,7 @@ class TrainConfig:
     proj_dim: int = 64
     val_fraction: float = 0.2
     patience: int = 15
+    min_delta: float = 1e-6
     seed: int = 0
     device: str = "auto"
     image_shape: list[int] | None = None
@@ -245,7 +248,7 @@ def train_encoder(
         train_loss = total / steps
         result.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
         bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
-        if val_loss < best_loss - 1e-6:
+        if val_loss < best_loss - config.min_delta:
             best_loss, bad_epochs, result.best_epoch = val_loss, 0, epoch
             best_state = copy.deepcopy(encoder.state_dict())
         else:
