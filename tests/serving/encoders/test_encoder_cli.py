@@ -22,7 +22,9 @@ def _data(tmp_path: Path) -> Path:
 def test_register_adds_the_encoder_command() -> None:
     parser = argparse.ArgumentParser(prog="repwatch")
     register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["encoder", "train", "d.npy", "--objective", "vicreg", "--epochs", "3"])
+    args = parser.parse_args(
+        ["encoder", "train", "d.npy", "--objective", "vicreg", "--epochs", "3"]
+    )
     assert args.objective == "vicreg" and args.epochs == 3 and callable(args.func)
     with pytest.raises(SystemExit):
         parser.parse_args(["encoder", "train", "d.npy", "--objective", "byol"])
