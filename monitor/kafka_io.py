@@ -64,18 +64,46 @@ class Consumer:
         topic: str,
         group_id: str,
         on_assign: Callable[[list[TP]], None],
-        on_revoke: Callable[[list[TP]], None],
+        on_revoke: Callable[[list[TP]], dict[TP, int]],
         **overrides: Any,
     ) -> None:
+        """``on_revoke`` checkpoints and returns the offsets to commit before the hand-over."""
         from kafka import KafkaConsumer
-        from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                on_revoke([(tp.topic, tp.partition) for tp in revoked])
+        consumer = self
 
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                on_assign([(tp.topic, tp.partition) for tp in assigned])
+        # kafka-python 3 runs rebalance listeners on its I/O thread (while our thread is blocked
+        # in poll), where a blocking commit() raises; its async listener may await the commit.
+        try:
+            from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+
+            class Listener(AsyncConsumerRebalanceListener):
+                async def on_partitions_revoked(self, revoked: Any) -> None:
+                    offsets = on_revoke([(tp.topic, tp.partition) for tp in revoked])
+                    try:
+                        await consumer._c._coordinator._commit_offsets_sync_async(
+                            _offsets(offsets)
+                        )
+                    except Exception as exc:  # the checkpoint still guards the state
+                        log.warning("commit before rebalance failed (%s); the next owner "
+                                    "replays from the last commit and skips checkpointed "
+                                    "records", exc)
+
+                async def on_partitions_assigned(self, assigned: Any) -> None:
+                    on_assign([(tp.topic, tp.partition) for tp in assigned])
+
+            listener: Any = Listener()
+        except ImportError:  # kafka-python 2.x: listeners run on the polling thread
+            from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+            class SyncListener(ConsumerRebalanceListener):
+                def on_partitions_revoked(self, revoked: Any) -> None:
+                    consumer.commit(on_revoke([(tp.topic, tp.partition) for tp in revoked]))
+
+                def on_partitions_assigned(self, assigned: Any) -> None:
+                    on_assign([(tp.topic, tp.partition) for tp in assigned])
+
+            listener = SyncListener()
 
         settings: dict[str, Any] = {
             "group_id": group_id,
@@ -87,7 +115,7 @@ class Consumer:
             **overrides,
         }
         self._c = KafkaConsumer(**settings)
-        self._c.subscribe([topic], listener=Listener())
+        self._c.subscribe([topic], listener=listener)
 
     def poll(self, timeout_s: float, max_records: int) -> Batch:
         out = Batch()
@@ -105,12 +133,8 @@ class Consumer:
 
     def commit(self, offsets: dict[TP, int]) -> None:
         """Commit ``next offset to read`` per partition (synchronous)."""
-        from kafka.structs import OffsetAndMetadata, TopicPartition
-
         if offsets:
-            self._c.commit({
-                TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()
-            })
+            self._c.commit(_offsets(offsets))
 
     def committed(self, tp: TP) -> int | None:
         from kafka.structs import TopicPartition
@@ -144,6 +168,12 @@ class Consumer:
 
     def close(self) -> None:
         self._c.close(autocommit=False)
+
+
+def _offsets(offsets: dict[TP, int]) -> dict[Any, Any]:
+    from kafka.structs import OffsetAndMetadata, TopicPartition
+
+    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
 
 
 class Producer:

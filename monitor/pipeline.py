@@ -15,6 +15,11 @@ Stages are chosen from the detector's family, found through the registry, never 
   window whose flagged fraction reaches ``min_flagged_fraction`` is a finding whose evidence is
   the ids of its highest-scoring records.
 
+Alerts follow *episodes*: a finding is raised when a stage goes from clean to detecting (the
+first drifted window, the first detection after a quiet stretch of ``ert`` records); while the
+change persists the metrics keep showing it but no new alert is raised, so a sustained shift
+pages once instead of every window. The episode flag is part of the checkpointed state.
+
 A pipeline belongs to one model *version*: a new version gets a fresh pipeline (same
 reference, empty windows) instead of alarming on its own change.
 """
@@ -73,6 +78,13 @@ class _Stage:
 
     def __init__(self, det_id: str, det: Any, cfg: DetectorConfig, pipe: Pipeline) -> None:
         self.id, self.det, self.cfg, self.pipe = det_id, det, cfg, pipe
+        self.episode = False  # a change is ongoing: alerted at its onset, not again
+
+    def onset(self, detected: bool) -> bool:
+        """Track the episode; True when this detection starts a new one (raise an alert)."""
+        new = detected and not self.episode
+        self.episode = detected
+        return new
 
     def finding(self, kind: Any, **kw: Any) -> Finding:
         return Finding(
@@ -125,7 +137,7 @@ class WindowStage(_Stage):
                 "detected": float(res.is_drift),
             }
             report.observations.append(Observation(self.id, self.kind, seconds, w.n, test=test))
-            if res.is_drift:
+            if self.onset(bool(res.is_drift)):
                 report.findings.append(self._found(w, res))
 
     def _found(self, w: ClosedWindow, res: Any) -> Finding:
@@ -147,9 +159,12 @@ class WindowStage(_Stage):
         )
 
     def get_state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
-        return self.state.get_state()
+        arrays, meta = self.state.get_state()
+        return arrays, {**meta, "episode": self.episode}
 
     def set_state(self, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> None:
+        meta = dict(meta)
+        self.episode = bool(meta.pop("episode", False))
         self.state = WindowState.from_state(arrays, meta)
 
 
@@ -162,6 +177,8 @@ class SequentialStage(_Stage):
         super().__init__(det_id, det, cfg, pipe)
         self.initial = det.get_state()  # to restart from after a detection
         self.seq0 = 0  # pipeline sequence number at which the detector's time t started
+        self.last_detection = 0  # pipeline sequence number of the last detection
+        self.quiet = float(getattr(det, "ert", 0) or 0)  # records without detection: episode over
 
     def process(self, X: NDArray[Any], ids: list[str], ts: NDArray[np.int64],
                 report: StepReport) -> None:
@@ -173,8 +190,14 @@ class SequentialStage(_Stage):
                 "effect_size": res.effect_size, "detected": float(res.is_drift)}
         report.observations.append(Observation(self.id, self.kind, seconds, X.shape[0], test=test))
         if not res.is_drift:
+            if self.episode and seq_before + X.shape[0] - self.last_detection >= self.quiet:
+                self.episode = False
             return
         at = self.seq0 + int(res.detection_time)  # pipeline sequence number (1-based)
+        self.last_detection = at
+        if not self.onset(True):
+            self._restart(seq_before + X.shape[0])
+            return
         j = max(0, min(at - seq_before, X.shape[0]))  # records of this batch up to detection
         start = max(at - int(res.window_size), 0)
         window = {
@@ -206,11 +229,14 @@ class SequentialStage(_Stage):
 
     def get_state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         arrays, meta = self.det.get_state()
-        return arrays, {"detector": meta, "seq0": self.seq0}
+        return arrays, {"detector": meta, "seq0": self.seq0, "episode": self.episode,
+                        "last_detection": self.last_detection}
 
     def set_state(self, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> None:
         self.det = type(self.det).from_state(arrays, meta["detector"])
         self.seq0 = int(meta["seq0"])
+        self.episode = bool(meta["episode"])
+        self.last_detection = int(meta["last_detection"])
 
 
 class RecordStage(_Stage):
@@ -238,7 +264,7 @@ class RecordStage(_Stage):
         for w in self.window.agg(self.state, cols, ids, ts):
             flagged = int(w.X[:, 1].sum())
             frac = flagged / w.n
-            if flagged and frac >= self.cfg.min_flagged_fraction:
+            if self.onset(bool(flagged) and frac >= self.cfg.min_flagged_fraction):
                 report.findings.append(self._found(w, flagged, frac, res))
 
     def _found(self, w: ClosedWindow, flagged: int, frac: float, res: Any) -> Finding:
@@ -267,9 +293,12 @@ class RecordStage(_Stage):
         )
 
     def get_state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
-        return self.state.get_state()
+        arrays, meta = self.state.get_state()
+        return arrays, {**meta, "episode": self.episode}
 
     def set_state(self, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> None:
+        meta = dict(meta)
+        self.episode = bool(meta.pop("episode", False))
         self.state = WindowState.from_state(arrays, meta)
 
 

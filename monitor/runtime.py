@@ -152,12 +152,16 @@ class Worker:
             ms.pipelines[meta["version"]] = pipe
         return ms
 
-    def _on_revoke(self, tps: list[TP]) -> None:
-        self.checkpoint_and_commit([tp for tp in tps if tp in self.state])
+    def _on_revoke(self, tps: list[TP]) -> dict[TP, int]:
+        """Checkpoint what is handed over; the boundary commits the returned offsets."""
+        mine = [tp for tp in tps if tp in self.state]
+        self.checkpoint(mine)
+        offsets = {tp: self.positions[tp] for tp in mine if tp in self.positions}
         for tp in tps:
             self.state.pop(tp, None)
             self.positions.pop(tp, None)
         log.info("revoked %s", sorted(tps))
+        return offsets
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self, max_seconds: float | None = None, install_signals: bool = True) -> None:
@@ -239,9 +243,10 @@ class Worker:
         for i, r in items:
             by_version.setdefault((r.model_version, r.kind), []).append((i, r))
         for (version, kind), its in by_version.items():
-            self.metrics.records.labels(model, version, kind).inc(len(its))
             if kind != "inference":
-                continue  # feedback feeds poisoning checks; reference records feed `reference fit`
+                # feedback feeds poisoning checks; reference records feed `reference fit`
+                self.metrics.records.labels(model, version, kind).inc(len(its))
+                continue
             pipe = self._pipeline(ms, mcfg, version)
             keep = [(i, r) for i, r in its if r.embedding.shape[0] == pipe.dim]
             for i, r in its:
@@ -251,6 +256,7 @@ class Worker:
                                       f"{model!r} version {version!r} expects {pipe.dim}")
             if not keep:
                 continue
+            self.metrics.records.labels(model, version, kind).inc(len(keep))
             self._run_pipeline(pipe, [r for _, r in keep])
             ms.dirty = True
 
@@ -328,8 +334,18 @@ class Worker:
     def checkpoint_and_commit(self, tps: list[TP] | None = None) -> None:
         if self.consumer is None or self.producer is None:
             return
-        t = time.perf_counter()
         tps = list(self.state) if tps is None else tps
+        self.checkpoint(tps)
+        t = time.perf_counter()
+        self.consumer.commit({tp: self.positions[tp] for tp in tps if tp in self.positions})
+        self._time("commit", t)
+        self._last_ckpt = time.monotonic()
+
+    def checkpoint(self, tps: list[TP]) -> None:
+        """Save every changed model state of ``tps`` and flush the producer (DLQ, alerts)."""
+        if self.producer is None:
+            return
+        t = time.perf_counter()
         wrote = 0
         for tp in tps:
             offset = self.positions.get(tp)
@@ -345,11 +361,8 @@ class Worker:
         self.metrics.last_checkpoint = time.time()
         if wrote:
             self.metrics.checkpoints.inc(wrote)
-        t = self._time("checkpoint", t)
         self.producer.flush()  # DLQ and alert messages of these records are on the broker
-        self.consumer.commit({tp: self.positions[tp] for tp in tps if tp in self.positions})
-        self._time("commit", t)
-        self._last_ckpt = time.monotonic()
+        self._time("checkpoint", t)
 
     def close(self) -> None:
         """Drain: checkpoint, commit, flush alerts, leave the group."""
