@@ -104,7 +104,8 @@ def create_app(
         model = models.get(name)
         if model is None:
             raise OIPError(f"unknown model {name!r}; this server has {sorted(models)}", 404)
-        if version is not None and version != model.version:
+        # In tap mode the upstream decides which versions exist.
+        if version is not None and version != model.version and not model.tap:
             raise OIPError(
                 f"model {name!r} has no version {version!r}; it serves {model.version!r}", 404
             )
@@ -192,15 +193,19 @@ def create_app(
         else:
             results = model.run(feeds)
         inference = model.finish(req, feeds, results)
+        if not side.streaming:
+            out, hlen = encode_response(model.name, model.version, req.id, inference.outputs)
+            if hlen is None:
+                return Response(out, media_type=JSON)
+            return Response(out, media_type=OCTETS, headers={HEADER_LENGTH: str(hlen)})
         record_id = side.new_id()
         out, hlen = encode_response(
             model.name, model.version, req.id, inference.outputs, {"record_id": record_id}
         )
-        if side.streaming:
-            n = inference.inputs.shape[0] if inference.inputs.ndim else 1
-            side.enqueue(
-                InferenceItem(model, record_id, time.time_ns() // 1_000_000, inference, client), n
-            )
+        n = inference.inputs.shape[0] if inference.inputs.ndim else 1
+        side.enqueue(
+            InferenceItem(model, record_id, time.time_ns() // 1_000_000, inference, client), n
+        )
         if hlen is None:
             return Response(out, media_type=JSON, headers={side.RECORD_HEADER: record_id})
         return Response(

@@ -108,6 +108,7 @@ class RecordStream:
         metrics: ServingMetrics,
         *,
         max_in_flight: int = 2000,
+        stall_seconds: float = 0.5,
         batch_records: int = 500,
         rebuild_after_failures: int = 3,
         max_backoff: float = 5.0,
@@ -118,6 +119,8 @@ class RecordStream:
         self.topic = topic
         self.metrics = metrics
         self.max_in_flight = max_in_flight
+        self.stall_seconds = stall_seconds
+        self._progress = 0.0  # last ack, or when records went in flight after none were
         self.batch_records = batch_records
         self.rebuild_after_failures = rebuild_after_failures
         self.max_backoff = max_backoff
@@ -166,7 +169,13 @@ class RecordStream:
                 self._drop_producer()
             if self._producer is None and not self._connect():
                 continue
-            if self._in_flight >= self.max_in_flight or now < self._pause_until:
+            if (
+                self._in_flight >= self.max_in_flight
+                or now < self._pause_until
+                or (self._in_flight and now - self._progress > self.stall_seconds)
+            ):
+                # Broker slow or gone: leave records in the bounded queue (drop-oldest there)
+                # rather than piling them up inside the client.
                 self._wait(0.02)
                 continue
             items = self.queue.take(self.batch_records, 0.05)
@@ -225,6 +234,8 @@ class RecordStream:
                 self._failed()
                 return
             with self._lock:
+                if not self._in_flight:
+                    self._progress = time.monotonic()
                 self._in_flight += 1
             fut.add_callback(self._delivered, model)
             fut.add_errback(self._undelivered)
@@ -232,6 +243,7 @@ class RecordStream:
     def _delivered(self, model: str, _meta: Any) -> None:
         with self._lock:
             self._in_flight -= 1
+            self._progress = time.monotonic()
         self._failures = 0
         counter = self._sent.get(model)
         if counter is None:
@@ -241,6 +253,7 @@ class RecordStream:
     def _undelivered(self, exc: BaseException) -> None:
         with self._lock:
             self._in_flight -= 1
+            self._progress = time.monotonic()
         self._drop_delivery.inc()
         self.metrics.producer_errors.labels("delivery").inc()
         if self._failures == 0:

@@ -30,7 +30,9 @@ def tiny_encoder(x: np.ndarray) -> np.ndarray:
     return np.tanh(x @ W_ENCODER)
 
 
-def _save(path: Path, nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any]) -> Path:
+def _save(
+    path: Path, nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any]
+) -> Path:
     from onnx import helper, save
 
     graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializer=inits)

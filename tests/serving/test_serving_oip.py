@@ -40,7 +40,12 @@ def client(tiny_models: dict[str, Path], capture: Any) -> Iterator[TestClient]:
 def json_request(x: np.ndarray, **extra: Any) -> dict[str, Any]:
     return {
         "inputs": [
-            {"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
+            {
+                "name": "input",
+                "datatype": "FP32",
+                "shape": list(x.shape),
+                "data": x.ravel().tolist(),
+            }
         ],
         **extra,
     }
@@ -137,7 +142,9 @@ def test_infer_binary(client: TestClient, tiny_expected: Any) -> None:
     np.testing.assert_allclose(arrays["embedding"], emb, rtol=1e-5)
 
 
-def test_binary_input_json_output_and_output_selection(client: TestClient, tiny_expected: Any) -> None:
+def test_binary_input_json_output_and_output_selection(
+    client: TestClient, tiny_expected: Any
+) -> None:
     body, headers = binary_request(X, outputs=[{"name": "embedding"}], binary_out=False)
     r = client.post("/v2/models/tiny/infer", content=body, headers=headers)
     assert r.status_code == 200 and "inference-header-content-length" not in r.headers
@@ -242,7 +249,9 @@ def test_fixed_dimension_shape_error(client: TestClient) -> None:
         (b'{"inputs": [}' + b"\0" * 4, {"Inference-Header-Content-Length": "13"}, "malformed JSON"),
     ],
 )
-def test_malformed_bodies(client: TestClient, body: bytes, headers: dict[str, str], fragment: str) -> None:
+def test_malformed_bodies(
+    client: TestClient, body: bytes, headers: dict[str, str], fragment: str
+) -> None:
     r = client.post("/v2/models/tiny/infer", content=body, headers=headers)
     assert fragment in error_of(r, 400)
 
@@ -311,8 +320,15 @@ def test_metrics_endpoint(client: TestClient, prom_value: Any, capture: Any) -> 
     text = client.get("/metrics").text
     labels = {"model": "tiny", "model_version": "3", "mode": "local"}
     assert prom_value(text, "repwatch_serving_request_duration_seconds_count", **labels) == 3
-    assert prom_value(text, "repwatch_serving_inference_errors_total", model="tiny", kind="bad_request") == 1
-    assert prom_value(text, "repwatch_serving_inference_errors_total", model="", kind="not_found") == 1
+    assert (
+        prom_value(
+            text, "repwatch_serving_inference_errors_total", model="tiny", kind="bad_request"
+        )
+        == 1
+    )
+    assert (
+        prom_value(text, "repwatch_serving_inference_errors_total", model="", kind="not_found") == 1
+    )
     assert prom_value(text, "repwatch_serving_records_enqueued_total", model="tiny") == 3
     assert prom_value(text, "repwatch_serving_records_sent_total", model="tiny") == 3
     assert prom_value(text, "repwatch_serving_record_queue_capacity") == 10000

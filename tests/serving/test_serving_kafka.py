@@ -1,0 +1,162 @@
+"""The record stream on the real broker: records decode to what onnxruntime computed; with the
+broker stopped inference goes on and drops are counted; after a restart records flow again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from monitor import localstack
+from monitor.config import Config
+from monitor.records import Record, decode
+from serving.app import create_app
+from serving.stream import kafka_producer_factory
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "repwatch.records"
+
+
+@pytest.fixture
+def broker() -> Iterator[localstack.Service]:
+    """A broker of this module's own: the tests stop and restart it."""
+    svc = localstack.start_tansu()
+    yield svc
+    svc.stop()
+
+
+def consume(address: str, want: int, timeout: float) -> list[Record]:
+    """Read every record on the topic from the start, without a consumer group (no join)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=[address],
+        group_id=None,
+        enable_auto_commit=False,
+        request_timeout_ms=5000,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        parts = None
+        while not parts and time.monotonic() < deadline:
+            parts = consumer.partitions_for_topic(TOPIC)
+            if not parts:
+                time.sleep(0.2)
+        assert parts, f"topic {TOPIC} never appeared"
+        tps = [TopicPartition(TOPIC, p) for p in parts]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[Record] = []
+        while len(out) < want and time.monotonic() < deadline:
+            for msgs in consumer.poll(timeout_ms=200).values():
+                out.extend(decode(m.value) for m in msgs)
+        return out
+    finally:
+        consumer.close()
+
+
+def digits_or_skip() -> Path:
+    path = Path(__file__).resolve().parents[2] / "serving/encoders/models/digits_classifier.onnx"
+    if not path.is_file():
+        pytest.fail(
+            "bundled digits model missing: build it with python -m serving.encoders.build_digits"
+        )
+    return path
+
+
+def make_client(model: Path, broker: localstack.Service, queue_size: int = 10000) -> TestClient:
+    config = Config.model_validate(
+        {
+            "kafka": {"bootstrap_servers": [broker.address]},
+            "models": [{"name": "digits", "path": str(model)}],
+            "serving": {"queue_size": queue_size, "intra_op_threads": 1},
+        }
+    )
+    factory = kafka_producer_factory(
+        [broker.address], delivery_timeout_ms=4000, request_timeout_ms=1500, max_block_ms=500
+    )
+    return TestClient(create_app(config, producer_factory=factory))
+
+
+def infer(client: TestClient, x: np.ndarray) -> Any:
+    req = {
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "FP32",
+                "shape": list(x.shape),
+                "data": x.ravel().tolist(),
+            }
+        ]
+    }
+    return client.post("/v2/models/digits/infer", json=req)
+
+
+def test_record_through_broker_is_what_onnxruntime_computed(broker: localstack.Service) -> None:
+    import onnxruntime as ort
+    from sklearn.datasets import load_digits
+
+    model = digits_or_skip()
+    x = load_digits().data[:3].astype(np.float32)
+    with make_client(model, broker) as client:
+        ids = [infer(client, x[i : i + 1]).headers["x-repwatch-record-id"] for i in range(3)]
+    records = {r.record_id: r for r in consume(broker.address, 3, 20)}
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    logits, emb = sess.run(["logits", "embedding"], {"input": x})
+    assert sorted(records) == sorted(ids)
+    for i, rid in enumerate(ids):
+        rec = records[rid]
+        assert rec.model == "digits" and rec.kind == "inference"
+        assert rec.embedding.dtype == np.float32 and rec.embedding.shape == (32,)
+        np.testing.assert_array_equal(rec.embedding, emb[i])
+        np.testing.assert_array_equal(rec.scores, logits[i])
+        assert rec.prediction == int(np.argmax(logits[i]))
+
+
+def test_broker_down_then_restarted(broker: localstack.Service, prom_value: Any) -> None:
+    model = digits_or_skip()
+    x = np.arange(64, dtype=np.float32).reshape(1, 64) % 17
+    with make_client(model, broker, queue_size=50) as client:
+        assert infer(client, x).status_code == 200
+        assert len(consume(broker.address, 1, 20)) == 1
+
+        broker.stop()
+        slowest, n = 0.0, 0
+        end = time.monotonic() + 3
+        while time.monotonic() < end or n < 300:
+            t0 = time.perf_counter()
+            assert infer(client, x).status_code == 200
+            slowest = max(slowest, time.perf_counter() - t0)
+            n += 1
+        time.sleep(6)  # past the delivery timeout: in-flight records fail and are counted
+        for _ in range(20):
+            assert infer(client, x).status_code == 200
+        text = client.get("/metrics").text
+        dropped = prom_value(text, "repwatch_serving_records_dropped_total", reason="queue_full")
+        failed = prom_value(
+            text, "repwatch_serving_records_dropped_total", reason="delivery_failed"
+        )
+        # Every request's record is either queued (<= 50), dropped as the oldest, or was in flight
+        # when the broker went away and failed at the delivery timeout.
+        assert dropped >= n // 2, text
+        assert dropped + failed >= n - 50, text
+        assert prom_value(text, "repwatch_serving_record_queue_depth") <= 50
+        assert slowest < 0.5  # nothing on the request path waits for the broker
+
+        restarted = localstack.start_tansu(port=broker.port, workdir=broker.workdir)
+        broker.proc = restarted.proc  # the fixture stops whichever process runs now
+        deadline = time.monotonic() + 40
+        ids: list[str] = []
+        got: set[str] = set()
+        while time.monotonic() < deadline and not (ids and ids[-1] in got):
+            ids.append(infer(client, x).headers["x-repwatch-record-id"])
+            time.sleep(0.5)
+            got = {r.record_id for r in consume(broker.address, 1, 2)} if len(ids) % 4 == 0 else got
+        got = {r.record_id for r in consume(broker.address, 10**6, 3)}
+        assert ids[-1] in got, f"no record after the restart; failed deliveries {failed}"
