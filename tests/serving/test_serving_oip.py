@@ -137,6 +137,7 @@ def test_infer_binary(client: TestClient, tiny_expected: Any) -> None:
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/octet-stream"
     header, arrays = split_binary(r)
+    assert header["model_name"] == "tiny" and header["outputs"][0]["datatype"] == "FP32"
     logits, emb = tiny_expected[0](X)
     np.testing.assert_allclose(arrays["logits"], logits, rtol=1e-5)
     np.testing.assert_allclose(arrays["embedding"], emb, rtol=1e-5)
