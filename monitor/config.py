@@ -181,6 +181,8 @@ class MonitorConfig(_Model):
         None, ge=0, lt=65536, description="admin HTTP API (reference replacement); None = off"
     )
     max_poll_records: int = Field(2000, gt=0)
+    session_timeout_ms: int = Field(10000, ge=1000, description="consumer group session")
+    heartbeat_interval_ms: int = Field(2000, ge=100)
     model_versions_kept: int = Field(3, gt=0, description="pipelines kept per model")
 
 

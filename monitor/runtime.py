@@ -118,9 +118,14 @@ class Worker:
         for key, event, sinks in self.ledger.pending():
             log.info("re-sending alert %s claimed before a restart to %s", key, sinks)
             self._dispatch(key, event, sinks)
+        settings = {
+            "session_timeout_ms": c.monitor.session_timeout_ms,
+            "heartbeat_interval_ms": c.monitor.heartbeat_interval_ms,
+            **self._consumer_settings,
+        }
         self.consumer = Consumer(
             c.kafka, c.topics.records, c.monitor.group_id, self._on_assign, self._on_revoke,
-            **self._consumer_settings,
+            **settings,
         )
 
     # --- rebalance -----------------------------------------------------------------------------
