@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,14 +27,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitor.config import Config
 from serving import ingest
-from serving.builder import InferenceItem, RecordsItem
+from serving.builder import RecordsItem
 from serving.core import Sidecar
-from serving.oip import HEADER_LENGTH, OIPError, encode_response, error_body, parse_request
+from serving.fastpath import SidecarApp
+from serving.oip import OIPError, error_body
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
-OCTETS = "application/octet-stream"
 
 
 def _error(message: str, status: int) -> Response:
@@ -48,16 +47,13 @@ def _json(doc: Any, status: int = 200) -> Response:
     return Response(json.dumps(doc).encode(), status_code=status, media_type=JSON)
 
 
-_ERROR_KIND = {400: "bad_request", 404: "not_found", 413: "too_large", 502: "upstream"}
-
-
 def create_app(
     config: Config,
     *,
     registry: CollectorRegistry | None = None,
     producer_factory: Any = None,
     sidecar: Sidecar | None = None,
-) -> FastAPI:
+) -> SidecarApp:
     """Build the app. ``producer_factory`` overrides the Kafka producer (tests, benchmarks)."""
     side = sidecar or Sidecar(config, registry or CollectorRegistry(), producer_factory)
 
@@ -155,65 +151,6 @@ def create_app(
             return await side.tap.forward_get(model, request)
         return _json({"name": name, "ready": True})
 
-    # ---- inference -----------------------------------------------------------------------
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(request: Request, name: str, version: str | None = None) -> Response:
-        start = time.perf_counter()
-        model = None
-        try:
-            model = lookup(name, version)
-            body = await read_body(request)
-            headers = request.headers
-            header_length = headers.get(HEADER_LENGTH)
-            client = side.pseudonym(headers.get(side.client_header))
-            if model.tap:
-                response = await side.tap.infer(model, request, body, header_length, client)
-            else:
-                response = await _local(model, body, header_length, client)
-        except OIPError as exc:
-            side.count_error(
-                model.name if model else "", _ERROR_KIND.get(exc.status, "bad_request")
-            )
-            return _error(exc.message, exc.status)
-        except Exception as exc:
-            log.exception("inference failed for model %r", name)
-            side.count_error(model.name if model else "", "runtime")
-            return _error(f"inference failed: {exc}", 500)
-        side.observe(model, time.perf_counter() - start)
-        return response
-
-    async def _local(
-        model: Any, body: bytes, header_length: str | None, client: str | None
-    ) -> Response:
-        req = parse_request(body, header_length)
-        feeds = model.prepare(req)
-        if model.batcher is not None:
-            results = await model.batcher.run(feeds)
-        else:
-            results = model.run(feeds)
-        inference = model.finish(req, feeds, results)
-        if not side.streaming:
-            out, hlen = encode_response(model.name, model.version, req.id, inference.outputs)
-            if hlen is None:
-                return Response(out, media_type=JSON)
-            return Response(out, media_type=OCTETS, headers={HEADER_LENGTH: str(hlen)})
-        record_id = side.new_id()
-        out, hlen = encode_response(
-            model.name, model.version, req.id, inference.outputs, {"record_id": record_id}
-        )
-        n = inference.inputs.shape[0] if inference.inputs.ndim else 1
-        side.enqueue(
-            InferenceItem(model, record_id, time.time_ns() // 1_000_000, inference, client), n
-        )
-        if hlen is None:
-            return Response(out, media_type=JSON, headers={side.RECORD_HEADER: record_id})
-        return Response(
-            out,
-            media_type=OCTETS,
-            headers={HEADER_LENGTH: str(hlen), side.RECORD_HEADER: record_id},
-        )
-
     # ---- records and feedback from services that embed themselves ------------------------
     @app.post("/v1/records")
     async def post_records(request: Request) -> Response:
@@ -240,4 +177,4 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(side.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return SidecarApp(app, side)

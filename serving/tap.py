@@ -51,11 +51,11 @@ class TapClient:
             await self._client.aclose()
             self._client = None
 
-    async def _send(self, model: ServedModel, method: str, request: Request, **kw: Any) -> Any:
+    async def _send(self, model: ServedModel, method: str, path: str, query: str, **kw: Any) -> Any:
         assert model.config.upstream_url is not None
-        url = model.config.upstream_url.rstrip("/") + request.url.path
-        if request.url.query:
-            url += "?" + request.url.query
+        url = model.config.upstream_url.rstrip("/") + path
+        if query:
+            url += "?" + query
         try:
             return await self._http().request(method, url, **kw)
         except Exception as exc:
@@ -63,48 +63,49 @@ class TapClient:
                 f"upstream {model.config.upstream_url} is unreachable: {exc}", 502
             ) from None
 
-    @staticmethod
-    def _headers(upstream: Any, extra: dict[str, str] | None = None) -> dict[str, str]:
-        headers = {h: upstream.headers[h] for h in PASS_HEADERS if h in upstream.headers}
-        if extra:
-            headers.update(extra)
-        return headers
-
     async def forward_get(self, model: ServedModel, request: Request) -> Response:
-        upstream = await self._send(model, "GET", request)
-        return Response(upstream.content, upstream.status_code, self._headers(upstream))
+        upstream = await self._send(model, "GET", request.url.path, request.url.query)
+        headers = {h: upstream.headers[h] for h in PASS_HEADERS if h in upstream.headers}
+        return Response(upstream.content, upstream.status_code, headers)
 
     async def infer(
         self,
         model: ServedModel,
-        request: Request,
+        scope: Any,
+        content_type: str | None,
         body: bytes,
         header_length: str | None,
         client: str | None,
-    ) -> Response:
-        headers = {"content-type": request.headers.get("content-type", "application/json")}
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Forward one infer request; returns the upstream's (status, headers, body)."""
+        headers = {"content-type": content_type or "application/json"}
         if header_length is not None:
             headers[HEADER_LENGTH] = header_length
-        upstream = await self._send(model, "POST", request, content=body, headers=headers)
+        query = scope.get("query_string", b"").decode("latin-1")
+        upstream = await self._send(
+            model, "POST", scope["path"], query, content=body, headers=headers
+        )
         side = self.sidecar
-        extra = None
+        out = [
+            (h.encode(), upstream.headers[h].encode())
+            for h in PASS_HEADERS
+            if h in upstream.headers
+        ]
         if upstream.status_code == 200:
             record_id = side.new_id()
-            extra = {side.RECORD_HEADER: record_id}
+            out.append((side.RECORD_HEADER.encode(), record_id.encode()))
             if side.streaming:
-                side.enqueue(
-                    TapItem(
-                        model,
-                        record_id,
-                        time.time_ns() // 1_000_000,
-                        body,
-                        header_length,
-                        upstream.content,
-                        upstream.headers.get(HEADER_LENGTH),
-                        client,
-                    ),
-                    1,
+                item = TapItem(
+                    model,
+                    record_id,
+                    time.time_ns() // 1_000_000,
+                    body,
+                    header_length,
+                    upstream.content,
+                    upstream.headers.get(HEADER_LENGTH),
+                    client,
                 )
+                side.enqueue(item, 1)
         else:
             side.count_error(model.name, "upstream")
-        return Response(upstream.content, upstream.status_code, self._headers(upstream, extra))
+        return upstream.status_code, out, upstream.content
