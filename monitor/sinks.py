@@ -7,7 +7,8 @@ duplicate (a window replayed after a restart) and is not sent again. Sinks mark 
 done; on start the worker re-sends what was claimed but not delivered (the outbox), so a crash
 between claim and send loses nothing. The ledger lives in the checkpoint directory.
 
-**Webhooks** are POSTed from one background thread with an HMAC-SHA256 signature header,
+**Webhooks** are POSTed from one background thread per webhook (a dead endpoint does not delay
+the others) with an HMAC-SHA256 signature header,
 exponential backoff with jitter and a per-alert deadline; the queue is bounded and
 :meth:`WebhookDispatcher.submit` never blocks, so an unreachable webhook never stalls consumption.
 """
@@ -104,7 +105,7 @@ class Webhook:
 
 
 class WebhookDispatcher:
-    """Delivers alert events to webhooks from one daemon thread (bounded queue, no blocking)."""
+    """Delivers alert events to webhooks, one daemon thread and bounded queue per webhook."""
 
     def __init__(
         self,
@@ -116,25 +117,31 @@ class WebhookDispatcher:
         self.webhooks = webhooks
         self.on_result = on_result or (lambda key, sink, outcome: None)
         self.backoff = backoff_seconds
-        self._q: queue.Queue[tuple[str, bytes, Webhook, float] | None] = queue.Queue(max_queue)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="repwatch-webhooks", daemon=True)
-        self._thread.start()
+        self._queues: list[queue.Queue[tuple[str, bytes, Webhook, float] | None]] = []
+        self._threads = []
+        for i, _ in enumerate(webhooks):
+            q: queue.Queue[tuple[str, bytes, Webhook, float] | None] = queue.Queue(max_queue)
+            t = threading.Thread(target=self._run, args=(q,), name=f"repwatch-webhook-{i}",
+                                 daemon=True)
+            t.start()
+            self._queues.append(q)
+            self._threads.append(t)
 
     def submit(self, key: str, event: dict[str, Any], sinks: list[str] | None = None) -> None:
         body = encode_event(event)
-        for hook in self.webhooks:
+        for hook, q in zip(self.webhooks, self._queues, strict=True):
             if sinks is not None and hook.sink not in sinks:
                 continue
             try:
-                self._q.put_nowait((key, body, hook, time.monotonic() + hook.deadline_seconds))
+                q.put_nowait((key, body, hook, time.monotonic() + hook.deadline_seconds))
             except queue.Full:
                 log.error("webhook queue full: alert %s to %s dropped", key, hook.url)
                 self.on_result(key, hook.sink, "dropped")
 
-    def _run(self) -> None:
+    def _run(self, q: queue.Queue[tuple[str, bytes, Webhook, float] | None]) -> None:
         while True:
-            item = self._q.get()
+            item = q.get()
             if item is None:
                 return
             key, body, hook, deadline = item
@@ -171,11 +178,13 @@ class WebhookDispatcher:
     def close(self, timeout: float = 5.0) -> None:
         """Finish what is queued within ``timeout``, then stop retrying and return."""
         end = time.monotonic() + timeout
-        while not self._q.empty() and time.monotonic() < end:
+        while any(not q.empty() for q in self._queues) and time.monotonic() < end:
             time.sleep(0.02)
         self._stop.set()
-        try:
-            self._q.put_nowait(None)
-        except queue.Full:
-            pass
-        self._thread.join(max(end - time.monotonic(), 0.1))
+        for q in self._queues:
+            try:
+                q.put_nowait(None)
+            except queue.Full:
+                pass
+        for t in self._threads:
+            t.join(max(end - time.monotonic(), 0.1))
