@@ -27,20 +27,30 @@ def ledoit_wolf_shrinkage(Xc: FloatArray) -> float:
     return 0.0 if beta == 0.0 else float(beta / delta)
 
 
-def shrunk_covariance(Xc: FloatArray, shrinkage: float | str) -> tuple[FloatArray, float]:
-    """Covariance ``(1 - s) S + s tr(S)/d I`` of centred rows, with ``s`` given or Ledoit-Wolf."""
-    n, d = Xc.shape
-    emp = (Xc.T @ Xc) / n
+def shrunk_covariance(
+    Xc: FloatArray, shrinkage: float | str
+) -> tuple[FloatArray, float, float]:
+    """``(cov, s, ridge)``: ``cov = (1 - s) S + ridge I`` of centred rows, ``ridge = s tr(S)/d``.
+
+    ``s`` is given or Ledoit-Wolf's.
+    """
+    d = Xc.shape[1]
     if shrinkage == "ledoit-wolf":
         s = ledoit_wolf_shrinkage(Xc)
     elif isinstance(shrinkage, int | float) and 0.0 <= shrinkage <= 1.0:
         s = float(shrinkage)
     else:
         raise ValueError(f"shrinkage must be 'ledoit-wolf' or a float in [0, 1], got {shrinkage!r}")
-    mu = np.trace(emp) / d
-    cov = (1.0 - s) * emp
-    cov[np.diag_indices(d)] += s * mu
-    return cov, s
+    emp = (Xc.T @ Xc) / Xc.shape[0]
+    ridge = s * float(np.trace(emp)) / d
+    return scaled_covariance(Xc, 1.0 - s, ridge), s, ridge
+
+
+def scaled_covariance(Xc: FloatArray, scale: float, ridge: float) -> FloatArray:
+    """``scale * S + ridge * I`` for centred rows ``Xc`` (``S`` their covariance)."""
+    cov = (Xc.T @ Xc) * (scale / Xc.shape[0])
+    cov[np.diag_indices(Xc.shape[1])] += ridge
+    return cov
 
 
 def whitener(cov: FloatArray, n: int) -> FloatArray:

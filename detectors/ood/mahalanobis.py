@@ -43,7 +43,9 @@ class MahalanobisDetector(OODDetector):
     means_white_ : ndarray of shape (n_classes, d)
         Whitened class means.
     shrinkage_ : float
-        Shrinkage intensity used.
+        Shrinkage intensity ``s`` used: ``Sigma = (1 - s) S + ridge_ I``.
+    ridge_ : float
+        ``s tr(S) / d``, the identity part of the shrunk covariance.
     threshold_ : float
         Score threshold at ``fpr``.
 
@@ -69,6 +71,7 @@ class MahalanobisDetector(OODDetector):
     means_white_: FloatArray
     means_sq_: FloatArray
     shrinkage_: float
+    ridge_: float
 
     def __init__(
         self,
@@ -84,12 +87,13 @@ class MahalanobisDetector(OODDetector):
 
     def _fit_model(self, X: FloatArray, y: NDArray[Any] | None) -> None:
         classes, means, resid = class_stats(X, y)
-        cov, s = shrunk_covariance(resid, self.shrinkage)
+        cov, s, ridge = shrunk_covariance(resid, self.shrinkage)
         self.center_ = X.mean(axis=0)
         self.whitener_ = whitener(cov, X.shape[0])
         self.means_white_ = (means - self.center_) @ self.whitener_
         self.means_sq_ = np.einsum("ij,ij->i", self.means_white_, self.means_white_)
         self.shrinkage_ = s
+        self.ridge_ = ridge
         if classes is not None and classes.dtype == object:
             classes = classes.astype(str)  # object arrays cannot be saved without pickle
         self.classes_ = classes

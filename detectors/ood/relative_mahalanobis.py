@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 from scipy.cluster.vq import kmeans2
 
 from detectors.base import register
-from detectors.ood._gaussian import class_stats, shrunk_covariance, whitener
+from detectors.ood._gaussian import class_stats, scaled_covariance, whitener
 from detectors.ood.base import FloatArray
 from detectors.ood.mahalanobis import MahalanobisDetector
 
@@ -19,7 +19,8 @@ class RelativeMahalanobisDetector(MahalanobisDetector):
     """``min_c MD_c(x) - MD_0(x)``: class-conditional minus background squared Mahalanobis.
 
     ``MD_c`` is the class-conditional distance of :class:`MahalanobisDetector`; ``MD_0`` uses one
-    Gaussian fitted to the whole reference. Subtracting it removes the directions every class
+    Gaussian fitted to the whole reference, shrunk with the same intensity and ridge as the
+    class fit. Subtracting it removes the directions every class
     shares, which helps near-OOD (Ren et al. 2021, "A simple fix to Mahalanobis distance").
     Without labels, the classes are ``n_clusters`` seeded k-means clusters of the reference
     (with one class the score would be identically zero).
@@ -84,7 +85,10 @@ class RelativeMahalanobisDetector(MahalanobisDetector):
             _, y = kmeans2(X, k, minit="++", seed=np.random.default_rng(self.seed))
         super()._fit_model(X, y)
         _, mean, resid = class_stats(X, None)
-        cov, _ = shrunk_covariance(resid, self.shrinkage)
+        # The background gets the class fit's shrinkage and ridge: then Sigma_0 >= Sigma_c, and
+        # directions in which no class varies (constant pixels, dead units) cancel out instead
+        # of being weighted by two different ridges.
+        cov = scaled_covariance(resid, 1.0 - self.shrinkage_, self.ridge_)
         self.background_center_ = mean[0]
         self.background_whitener_ = whitener(cov, X.shape[0])
 
