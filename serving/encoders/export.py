@@ -6,7 +6,10 @@ Graphs have one float32 input named ``input`` with a dynamic batch axis and name
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,26 @@ from torch import nn
 from serving.encoders.onnx_io import OnnxEncoder
 
 OPSET = 18
+# The exporter's optimiser logs every pass at INFO and warns about torchvision ops we never use.
+_NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the ONNX exporter's INFO/WARNING chatter for the duration of an export."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # torch 2.13's own exporter trips its pytree deprecation; nothing a user can act on.
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def export_onnx(
@@ -59,17 +82,18 @@ def export_onnx(
     module = module.cpu().eval()
     example = example.detach().cpu().float()
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    program = torch.onnx.export(
-        module,
-        (example,),
-        dynamo=True,
-        input_names=[input_name],
-        output_names=list(output_names),
-        dynamic_shapes=({0: batch},),
-        opset_version=opset,
-        optimize=True,
-        verbose=False,
-    )
+    with quiet_exporter():
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            input_names=[input_name],
+            output_names=list(output_names),
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
     if program is None:  # only the legacy exporter returns None
         raise RuntimeError("torch.onnx.export returned no program")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,8 @@ def export_minilm(out_dir: str | Path, *, opset: int = 18, atol: float = 1e-5) -
     """
     import torch
 
+    from serving.encoders.export import quiet_exporter
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     src = minilm_dir()
@@ -105,16 +107,17 @@ def export_minilm(out_dir: str | Path, *, opset: int = 18, atol: float = 1e-5) -
     ids, mask = _encode(enc, sample)
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("seq", min=2, max=MAX_LENGTH)
-    program = torch.onnx.export(
-        module,
-        (torch.from_numpy(ids), torch.from_numpy(mask)),
-        dynamo=True,
-        input_names=list(INPUT_NAMES),
-        output_names=["embedding"],
-        dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
-        opset_version=opset,
-        optimize=True,
-    )
+    with quiet_exporter():
+        program = torch.onnx.export(
+            module,
+            (torch.from_numpy(ids), torch.from_numpy(mask)),
+            dynamo=True,
+            input_names=list(INPUT_NAMES),
+            output_names=["embedding"],
+            dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
+            opset_version=opset,
+            optimize=True,
+        )
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program")
     path = out / "minilm.onnx"
