@@ -110,6 +110,7 @@ class RecordStream:
         max_in_flight: int = 2000,
         stall_seconds: float = 0.5,
         batch_records: int = 500,
+        linger: float = 0.005,
         rebuild_after_failures: int = 3,
         max_backoff: float = 5.0,
     ) -> None:
@@ -122,6 +123,9 @@ class RecordStream:
         self.stall_seconds = stall_seconds
         self._progress = 0.0  # last ack, or when records went in flight after none were
         self.batch_records = batch_records
+        # Waking once per record would contend with request threads for the GIL at every
+        # request; a few ms of linger turns that into one short burst per batch.
+        self.linger = linger
         self.rebuild_after_failures = rebuild_after_failures
         self.max_backoff = max_backoff
         self._producer: Any = None
@@ -195,6 +199,8 @@ class RecordStream:
                     log.exception("record stream: building records failed; dropping %d", len(fresh))
                     self.metrics.records_dropped.labels("invalid_record").inc(len(fresh))
             self._send(messages)
+            if len(messages) < self.batch_records and not self._stop.is_set():
+                self._stop.wait(self.linger)
         self._shutdown_producer()
 
     def _wait(self, seconds: float) -> None:

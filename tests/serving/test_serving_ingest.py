@@ -251,3 +251,26 @@ def test_shutdown_flushes_within_the_deadline() -> None:
     assert producer.sent == 50
     assert metrics.records_sent.labels("m")._value.get() == 50
     assert metrics.records_dropped.labels("shutdown")._value.get() == 0
+
+
+def test_fast_packing_is_byte_equal_to_the_record_codec(
+    tiny_models: dict[str, Path], capture: Any
+) -> None:
+    """The builder's vectorised msgpack path must produce exactly ``monitor.records.encode``."""
+    from monitor.records import encode
+
+    config = Config.model_validate(
+        {"models": [{"name": "tiny", "path": str(tiny_models["model"])}]}
+    )
+    with TestClient(create_app(config, producer_factory=capture)) as c:
+        x = np.random.default_rng(3).normal(size=(3, 4)).astype(np.float32)
+        req = {
+            "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": [3, 4], "data": x.ravel().tolist()}
+            ]
+        }
+        c.post("/v2/models/tiny/infer", json=req, headers={"X-Client-Id": "dave"})
+        msgs = capture.wait(3)
+    assert len(msgs) == 3
+    for _, _, value in msgs:
+        assert encode(decode(value)) == value

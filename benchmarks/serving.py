@@ -1,0 +1,555 @@
+"""Serving sidecar benchmark: OIP over HTTP against raw ``session.run``, in the same run.
+
+    python benchmarks/serving.py                      # full: 10-minute soak, broker down 60 s
+    python benchmarks/serving.py --soak-seconds 120 --soak-down-seconds 30   # short soak
+
+Models: the bundled digits classifier (``serving/encoders/models``) and a ~100k-parameter CNN
+built here with ``onnx.helper`` (random weights; speed does not depend on them). For each:
+
+* raw ``session.run`` at batch 1 in this process (same session options as the sidecar);
+* the sidecar (``repwatch serve``, a subprocess on loopback) with the record stream on (to a
+  real Tansu broker) and off, measured in alternating rounds with ``wrk``: binary OIP at one
+  connection (latency percentiles) and at several connections (throughput), and JSON OIP;
+* a soak at a steady request rate (``hey -q``) with the broker killed in the middle and
+  restarted on the same port: failed requests, RSS over time, records sent/dropped.
+
+Writes ``benchmarks/results/serving.md``. Needs ``wrk`` and ``hey`` (``apt-get install -y wrk
+hey``). Everything binds to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monitor import localstack  # noqa: E402
+
+DIGITS = ROOT / "serving" / "encoders" / "models" / "digits_classifier.onnx"
+OUT = ROOT / "benchmarks" / "results" / "serving.md"
+
+
+# ---- models ------------------------------------------------------------------------------------
+def build_cnn(path: Path) -> int:
+    """A ~100k-parameter CNN on 1x28x28 inputs with ``logits`` and ``embedding`` outputs."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(0)
+    inits, nodes, params = [], [], 0
+    prev, channels = "input", 1
+    for i, (out_c, stride) in enumerate([(32, 1), (64, 2), (64, 2), (64, 1)]):
+        w = (rng.normal(size=(out_c, channels, 3, 3)) / np.sqrt(channels * 9)).astype(np.float32)
+        b = np.zeros(out_c, np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        params += w.size + b.size
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [prev, f"w{i}", f"b{i}"],
+                [f"c{i}"],
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+                strides=[stride, stride],
+            )
+        )
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        prev, channels = f"r{i}", out_c
+    nodes.append(helper.make_node("GlobalAveragePool", [prev], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["embedding"], axis=1))
+    wf = (rng.normal(size=(channels, 10)) / 8).astype(np.float32)
+    bf = np.zeros(10, np.float32)
+    inits += [numpy_helper.from_array(wf, "wf"), numpy_helper.from_array(bf, "bf")]
+    params += wf.size + bf.size
+    nodes.append(helper.make_node("Gemm", ["embedding", "wf", "bf"], ["logits"]))
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "cnn100k",
+        [helper.make_tensor_value_info("input", f, ["batch", 1, 28, 28])],
+        [
+            helper.make_tensor_value_info("logits", f, ["batch", 10]),
+            helper.make_tensor_value_info("embedding", f, ["batch", channels]),
+        ],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, str(path))
+    return params
+
+
+def raw_run(path: Path, x: np.ndarray, seconds: float) -> dict[str, float]:
+    """p50/p99 of ``session.run`` at batch 1, same options as the sidecar (1 intra-op thread)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feeds = {"input": x}
+    for _ in range(200):
+        sess.run(None, feeds)
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    arr = np.array(times) * 1e3
+    return {
+        "p50": float(np.median(arr)),
+        "p99": float(np.percentile(arr, 99)),
+        "rps": len(times) / seconds,
+    }
+
+
+# ---- load tools -------------------------------------------------------------------------------
+def bodies(x: np.ndarray, workdir: Path, tag: str) -> dict[str, Path]:
+    """wrk Lua scripts for a binary and a JSON OIP request of ``x``."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    (workdir / f"{tag}.bin").write_bytes(header + x.tobytes())
+    (workdir / f"{tag}.json").write_text(
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "datatype": "FP32",
+                        "shape": list(x.shape),
+                        "data": x.ravel().tolist(),
+                    }
+                ]
+            }
+        )
+    )
+    scripts = {}
+    for kind, extra in (
+        (
+            "bin",
+            f'wrk.headers["Inference-Header-Content-Length"] = "{len(header)}"'
+            '\nwrk.headers["Content-Type"] = "application/octet-stream"',
+        ),
+        ("json", 'wrk.headers["Content-Type"] = "application/json"'),
+    ):
+        lua = workdir / f"{tag}_{kind}.lua"
+        lua.write_text(
+            f'local f = io.open("{workdir / f"{tag}.{kind}"}", "rb")\n'
+            'wrk.body = f:read("*a")\nf:close()\nwrk.method = "POST"\n' + extra + "\n"
+        )
+        scripts[kind] = lua
+    return scripts
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    res: dict[str, float] = {}
+    for pct, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)$", out, re.M):
+        res[f"p{pct}"] = float(value) * _UNITS[unit]
+    res["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non2xx"] = float(bad.group(1)) if bad else 0.0
+    return res
+
+
+# ---- the sidecar as a subprocess ----------------------------------------------------------------
+class Sidecar:
+    def __init__(
+        self, model: Path, name: str, broker: str | None, workdir: Path, queue_size: int = 10000
+    ) -> None:
+        self.port = localstack.free_port()
+        cfg = {
+            "kafka": {"bootstrap_servers": [broker or "127.0.0.1:9"]},
+            "models": [{"name": name, "path": str(model)}],
+            "serving": {
+                "host": "127.0.0.1",
+                "port": self.port,
+                "intra_op_threads": 1,
+                "stream_records": broker is not None,
+                "queue_size": queue_size,
+            },
+        }
+        path = workdir / f"{name}-{self.port}.yaml"
+        path.write_text(json.dumps(cfg))
+        self.log = open(workdir / f"{name}-{self.port}.log", "wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "monitor.cli",
+                "--log-level",
+                "WARNING",
+                "serve",
+                "--config",
+                str(path),
+            ],
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        localstack.wait_port(self.port, self.proc, timeout=60)
+        localstack.wait_http(f"{self.url}/v2/health/ready", timeout=30)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("repwatch_serving_records_") or line.startswith(
+                ("repwatch_serving_producer_errors_total", "repwatch_serving_record_queue_depth")
+            ):
+                key, value = line.rsplit(" ", 1)
+                out[key] = float(value)
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+# ---- the runs -----------------------------------------------------------------------------------
+def compare(
+    name: str, model: Path, x: np.ndarray, broker: str, args: Any, workdir: Path
+) -> dict[str, Any]:
+    scripts = bodies(x, workdir, name)
+    raw = raw_run(model, x, 3.0)
+    on = Sidecar(model, name, broker, workdir)
+    off = Sidecar(model, name, None, workdir)
+    url = "/v2/models/" + name + "/infer"
+    runs: dict[str, list[dict[str, float]]] = {
+        k: [] for k in ("on_lat", "off_lat", "on_tp", "off_tp", "json_tp")
+    }
+    try:
+        for s in (on, off):  # warm-up (and the producer connects)
+            wrk(s.url + url, scripts["bin"], 1, 2)
+        for r in range(args.rounds):
+            order = [(on, "on"), (off, "off")] if r % 2 == 0 else [(off, "off"), (on, "on")]
+            for s, tag in order:
+                runs[f"{tag}_lat"].append(wrk(s.url + url, scripts["bin"], 1, args.duration))
+            for s, tag in order:
+                runs[f"{tag}_tp"].append(
+                    wrk(s.url + url, scripts["bin"], args.connections, args.duration)
+                )
+            runs["json_tp"].append(
+                wrk(on.url + url, scripts["json"], args.connections, args.duration)
+            )
+        json_lat = wrk(on.url + url, scripts["json"], 1, args.duration)
+        stream_metrics = on.metrics()
+    finally:
+        on.stop()
+        off.stop()
+
+    def med(key: str, field: str) -> float:
+        return statistics.median(run[field] for run in runs[key])
+
+    total_non2xx = sum(run["non2xx"] for v in runs.values() for run in v)
+    return {
+        "name": name,
+        "raw": raw,
+        "params": None,
+        "on_p50": med("on_lat", "p50"),
+        "off_p50": med("off_lat", "p50"),
+        "on_p99": med("on_lat", "p99"),
+        "off_p99": med("off_lat", "p99"),
+        "on_rps1": med("on_lat", "rps"),
+        "off_rps1": med("off_lat", "rps"),
+        "on_tp": med("on_tp", "rps"),
+        "off_tp": med("off_tp", "rps"),
+        "on_tp_p99": med("on_tp", "p99"),
+        "off_tp_p99": med("off_tp", "p99"),
+        "json_tp": med("json_tp", "rps"),
+        "json_p50": json_lat["p50"],
+        "non2xx": total_non2xx,
+        "runs": runs,
+        "stream": stream_metrics,
+    }
+
+
+def soak(model: Path, x: np.ndarray, args: Any, workdir: Path) -> dict[str, Any]:
+    broker = localstack.start_tansu()
+    side = Sidecar(model, "digits", broker.address, workdir, queue_size=args.soak_queue)
+    bodies(x, workdir, "soak")
+    body = workdir / "soak.bin"
+    hlen = str(len(body.read_bytes()) - x.nbytes)
+    hey = subprocess.Popen(
+        [
+            "hey",
+            "-z",
+            f"{args.soak_seconds}s",
+            "-c",
+            "4",
+            "-q",
+            str(args.soak_rate // 4),
+            "-m",
+            "POST",
+            "-T",
+            "application/octet-stream",
+            "-H",
+            f"Inference-Header-Content-Length: {hlen}",
+            "-D",
+            str(body),
+            f"{side.url}/v2/models/digits/infer",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    t0 = time.monotonic()
+    kill_at = args.soak_seconds / 2 - args.soak_down_seconds / 2
+    samples: list[tuple[float, float, float]] = []  # (t, rss MB, records sent)
+    events: list[str] = []
+    down = False
+    restarted = False
+    sent_at_restart = 0.0
+    try:
+        while hey.poll() is None:
+            t = time.monotonic() - t0
+            m = side.metrics()
+            sent = sum(
+                v for k, v in m.items() if k.startswith("repwatch_serving_records_sent_total")
+            )
+            samples.append((t, side.rss_mb(), sent))
+            if not down and not restarted and t >= kill_at:
+                broker.stop()
+                down = True
+                events.append(f"{t:.0f} s: broker killed")
+            elif down and t >= kill_at + args.soak_down_seconds:
+                new = localstack.start_tansu(port=broker.port, workdir=broker.workdir)
+                broker.proc = new.proc
+                down, restarted = False, True
+                sent_at_restart = sent
+                events.append(f"{t:.0f} s: broker restarted on the same port")
+            time.sleep(1.0)
+        report = hey.stdout.read() if hey.stdout else ""
+        time.sleep(3)
+        final = side.metrics()
+        samples.append(
+            (
+                time.monotonic() - t0,
+                side.rss_mb(),
+                sum(
+                    v
+                    for k, v in final.items()
+                    if k.startswith("repwatch_serving_records_sent_total")
+                ),
+            )
+        )
+    finally:
+        side.stop()
+        broker.stop()
+    codes = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", report))
+    errors = re.search(r"Error distribution:(.*)", report, re.S)
+    return {
+        "samples": samples,
+        "events": events,
+        "codes": codes,
+        "errors": errors.group(1).strip() if errors else "",
+        "final": final,
+        "sent_after_restart": samples[-1][2] - sent_at_restart,
+        "hey": report,
+    }
+
+
+# ---- report -------------------------------------------------------------------------------------
+def render(
+    results: list[dict[str, Any]], soak_res: dict[str, Any] | None, args: Any, load: str
+) -> str:
+    lines = [
+        "# Serving sidecar benchmark",
+        "",
+        f"Generated by `python benchmarks/serving.py {' '.join(sys.argv[1:])}`. "
+        "One sidecar process (uvicorn + uvloop + httptools, onnxruntime CPU with 1 intra-op thread), `wrk` on "
+        "loopback, the record stream to a real Tansu broker on the same machine. "
+        f"{args.rounds} alternating rounds of {args.duration} s per measurement, medians shown. "
+        f"Machine: {os.cpu_count()} cores shared with other work (load average at start: {load}).",
+        "",
+        "## Binary OIP at batch 1 against raw `session.run`",
+        "",
+        "| model | raw `session.run` p50 | HTTP p50, stream on | overhead p50 (target ≤ 0.35 ms) "
+        "| HTTP p50, stream off | p99 on / off (c=1) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        over = r["on_p50"] - r["raw"]["p50"]
+        lines.append(
+            f"| {r['name']} | {r['raw']['p50']:.3f} ms | {r['on_p50']:.3f} ms | **{over:.3f} ms** "
+            f"| {r['off_p50']:.3f} ms | {r['on_p99']:.3f} / {r['off_p99']:.3f} ms |"
+        )
+    lines += [
+        "",
+        f"## Stream on vs off (binary, {args.connections} connections) and JSON",
+        "",
+        "| model | throughput on | throughput off | on/off | p99 on | p99 off | p99 on/off "
+        "| JSON throughput (stream on) | JSON/binary | JSON p50 (c=1) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['name']} | {r['on_tp']:.0f}/s | {r['off_tp']:.0f}/s | "
+            f"{r['on_tp'] / r['off_tp']:.3f} | {r['on_tp_p99']:.3f} ms | {r['off_tp_p99']:.3f} ms "
+            f"| {r['on_tp_p99'] / r['off_tp_p99']:.3f} | {r['json_tp']:.0f}/s | "
+            f"{r['json_tp'] / r['on_tp']:.2f} | {r['json_p50']:.3f} ms |"
+        )
+    lines += ["", "Per-round numbers (binary, stream on / off):", ""]
+    for r in results:
+        for key in ("on_lat", "off_lat", "on_tp", "off_tp", "json_tp"):
+            vals = ", ".join(
+                f"p50 {x['p50']:.3f} p99 {x['p99']:.3f} ms {x['rps']:.0f}/s" for x in r["runs"][key]
+            )
+            lines.append(f"- {r['name']} {key}: {vals}")
+        sent = sum(v for k, v in r["stream"].items() if "records_sent_total" in k)
+        dropped = {
+            k.split('reason="')[1].rstrip('"}'): v
+            for k, v in r["stream"].items()
+            if "records_dropped_total" in k and v
+        }
+        lines.append(
+            f"- {r['name']}: records sent to Kafka {sent:.0f}, dropped {dropped or 0}; "
+            f"non-2xx responses {r['non2xx']:.0f}"
+        )
+    if soak_res is not None:
+        s = soak_res
+        rss = [x[1] for x in s["samples"]]
+        lines += [
+            "",
+            f"## Soak: {args.soak_seconds} s at {args.soak_rate} req/s, broker down "
+            f"{args.soak_down_seconds} s in the middle",
+            "",
+            f"Status codes: {s['codes']}; errors: {s['errors'] or 'none'}.",
+            f"Events: {'; '.join(s['events'])}.",
+            f"RSS: start {rss[0]:.1f} MB, max {max(rss):.1f} MB, end {rss[-1]:.1f} MB "
+            f"(queue_size {args.soak_queue}).",
+            f"Records sent after the restart: {s['sent_after_restart']:.0f}.",
+            "Final stream counters: "
+            + ", ".join(f"{k} = {v:.0f}" for k, v in s["final"].items() if "_created" not in k)
+            + ".",
+            "",
+            "RSS and records sent over time (every ~10 s):",
+            "",
+            "| t (s) | RSS (MB) | records sent |",
+            "| --- | --- | --- |",
+        ]
+        step = max(1, len(s["samples"]) // 20)
+        for t, mb, sent in s["samples"][::step]:
+            lines.append(f"| {t:.0f} | {mb:.1f} | {sent:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--connections", type=int, default=4, help="wrk connections for throughput")
+    p.add_argument("--soak-seconds", type=int, default=600)
+    p.add_argument("--soak-down-seconds", type=int, default=60)
+    p.add_argument("--soak-rate", type=int, default=400, help="requests per second in the soak")
+    p.add_argument("--soak-queue", type=int, default=10000)
+    p.add_argument("--skip-soak", action="store_true")
+    p.add_argument("--models", default="digits,cnn100k", help="comma-separated subset")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args()
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    workdir = Path(tempfile.mkdtemp(prefix="repwatch-bench-serving-"))
+    cnn = workdir / "cnn100k.onnx"
+    params = build_cnn(cnn)
+    models = [
+        ("cnn100k", cnn, np.random.default_rng(1).normal(size=(1, 1, 28, 28)).astype(np.float32))
+    ]
+    if DIGITS.is_file():
+        from sklearn.datasets import load_digits
+
+        models.insert(0, ("digits", DIGITS, load_digits().data[:1].astype(np.float32)))
+    else:
+        print(f"warning: {DIGITS} missing; digits model skipped", file=sys.stderr)
+    models = [m for m in models if m[0] in args.models.split(",")]
+    broker = localstack.start_tansu()
+    results = []
+    try:
+        for name, path, x in models:
+            print(f"== {name}", flush=True)
+            res = compare(name, path, x, broker.address, args, workdir)
+            if name == "cnn100k":
+                res["params"] = params
+            results.append(res)
+            print(
+                json.dumps(
+                    {k: v for k, v in res.items() if k not in ("runs", "stream")}, default=str
+                ),
+                flush=True,
+            )
+    finally:
+        broker.stop()
+    soak_res = None
+    if not args.skip_soak and DIGITS.is_file():
+        print(f"== soak {args.soak_seconds} s", flush=True)
+        from sklearn.datasets import load_digits
+
+        soak_res = soak(DIGITS, load_digits().data[:1].astype(np.float32), args, workdir)
+    text = render(results, soak_res, args, load)
+    if soak_res is not None:
+        text += (
+            "\n<details><summary>hey output</summary>\n\n```\n"
+            + soak_res["hey"]
+            + "```\n</details>\n"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
