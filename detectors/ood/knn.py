@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from detectors.base import register
+from detectors.ood._blocks import run_blocks
 from detectors.ood.base import FloatArray, OODDetector
 
 F32 = NDArray[np.float32]
@@ -26,9 +25,9 @@ class KNNDetector(OODDetector):
     Exact search: the query batch is processed in row blocks; each block's similarities to the
     whole reference come from one float32 BLAS product against the stored reference (a
     transposed view, never a copy), and an in-place ``np.partition`` picks the k-th largest per
-    row. Blocks run in a thread pool, each with single-threaded BLAS (via threadpoolctl when it
-    is installed). Rows where float32 cancellation would cost accuracy (near-duplicates) are
-    recomputed exactly in float64. References far beyond ~100k rows would want an approximate
+    row. Blocks run in a thread pool, each with single-threaded BLAS (see
+    :mod:`detectors.ood._blocks`). Rows where float32 cancellation would cost accuracy
+    (near-duplicates) are recomputed exactly in float64. References far beyond ~100k rows would want an approximate
     index; none is bundled (see ``benchmarks/results/ood.md``).
 
     Parameters
@@ -117,33 +116,21 @@ class KNNDetector(OODDetector):
         n_ref = R.shape[0]
         kth = n_ref - self.k
         rows = int(min(max(16, self.block_bytes // (4 * n_ref)), max(1, Q.shape[0])))
-        jobs = max(1, self.n_jobs or _n_cpus())
         q_sq = np.einsum("ij,ij->i", Q64, Q64)
         scale = q_sq + 2.0 * float(self.half_sq_norms_.max())
         out = np.empty(Q.shape[0], dtype=np.float64)
         unit = 1.0 if self.normalize else 0.0
 
-        def block(lo: int) -> None:
-            S = Q[lo : lo + rows] @ R.T  # R.T is a view: the reference is never copied
+        def block(lo: int, hi: int) -> None:
+            S = Q[lo:hi] @ R.T  # R.T is a view: the reference is never copied
             if not self.normalize:
                 S -= self.half_sq_norms_  # q.r - |r|^2/2: largest = nearest
             S.partition(kth, axis=1)  # in place: the block is ours
             top = S[:, kth].astype(np.float64)
             # |q - r|^2 = |q|^2 - 2 (q.r - |r|^2/2), and |r|^2 = 1 once normalised
-            out[lo : lo + S.shape[0]] = q_sq[lo : lo + S.shape[0]] - 2.0 * top + unit
+            out[lo:hi] = q_sq[lo:hi] - 2.0 * top + unit
 
-        starts = range(0, Q.shape[0], rows)
-        limit = _single_threaded_blas() if jobs > 1 and len(starts) > 1 else None
-        if limit is None:
-            for lo in starts:
-                block(lo)
-        else:
-            # One block per thread, each with a single-threaded BLAS product followed by its
-            # selection: on a shared machine this beats a multi-threaded product per block
-            # (whose threads wait for each other at every call) by about 2x.
-            with limit, ThreadPoolExecutor(min(jobs, len(starts))) as pool:
-                for f in [pool.submit(block, lo) for lo in starts]:
-                    f.result()
+        run_blocks(block, Q.shape[0], rows, self.n_jobs)
         near = np.flatnonzero(out < _REFINE_REL * scale)
         for i in near:
             out[i] = self._exact_kth_sq(Q64[i], Q[i])
@@ -158,33 +145,6 @@ class KNNDetector(OODDetector):
         diff = R[cand].astype(np.float64) - q64
         d2 = np.einsum("ij,ij->i", diff, diff)
         return float(np.partition(d2, self.k - 1)[self.k - 1])
-
-
-def _n_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-_BLAS_CONTROLLER: Any = None
-
-
-def _single_threaded_blas() -> Any:
-    """Context manager limiting BLAS to one thread, or ``None`` without threadpoolctl.
-
-    The limit is process-wide while it holds (it is how OpenBLAS works); it lasts one
-    ``score`` call. threadpoolctl is optional: without it blocks run one after the other
-    with BLAS's own threads.
-    """
-    global _BLAS_CONTROLLER
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    if _BLAS_CONTROLLER is None:
-        _BLAS_CONTROLLER = ThreadpoolController()  # scans loaded libraries once (~1 ms)
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _normalize(X: FloatArray) -> FloatArray:

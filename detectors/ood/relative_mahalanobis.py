@@ -37,11 +37,11 @@ class RelativeMahalanobisDetector(MahalanobisDetector):
         Share of the reference held out (seeded) to calibrate the threshold.
     seed : int or None
         Seed of the calibration split and of k-means.
+    n_jobs : int or None
+        Threads scoring row blocks in parallel (``None``: all available cores).
 
     Attributes
     ----------
-    background_center_ : ndarray of shape (d,)
-        Mean of the background Gaussian.
     background_whitener_ : ndarray of shape (d, d)
         Whitener of the background covariance.
     threshold_ : float
@@ -62,7 +62,6 @@ class RelativeMahalanobisDetector(MahalanobisDetector):
 
     _min_fit_rows: ClassVar[int] = 2
 
-    background_center_: FloatArray
     background_whitener_: FloatArray
 
     def __init__(
@@ -72,27 +71,28 @@ class RelativeMahalanobisDetector(MahalanobisDetector):
         fpr: float = 0.01,
         calibration_fraction: float = 0.2,
         seed: int | None = 0,
+        n_jobs: int | None = None,
     ) -> None:
         self.shrinkage = shrinkage
         self.n_clusters = n_clusters
         self.fpr = fpr
         self.calibration_fraction = calibration_fraction
         self.seed = seed
+        self.n_jobs = n_jobs
 
     def _fit_model(self, X: FloatArray, y: NDArray[Any] | None) -> None:
         if y is None:
             k = max(1, min(self.n_clusters, X.shape[0] // 2))
             _, y = kmeans2(X, k, minit="++", seed=np.random.default_rng(self.seed))
         super()._fit_model(X, y)
-        _, mean, resid = class_stats(X, None)
+        _, _, resid = class_stats(X, None)
         # The background gets the class fit's shrinkage and ridge: then Sigma_0 >= Sigma_c, and
         # directions in which no class varies (constant pixels, dead units) cancel out instead
         # of being weighted by two different ridges.
         cov = scaled_covariance(resid, 1.0 - self.shrinkage_, self.ridge_)
-        self.background_center_ = mean[0]
         self.background_whitener_ = whitener(cov, X.shape[0])
 
-    def _score(self, X: FloatArray) -> FloatArray:
-        md_c = super()._score(X)
-        Z0 = (X - self.background_center_) @ self.background_whitener_
-        return md_c - np.einsum("ij,ij->i", Z0, Z0)
+    def _score_centered(self, Xc: FloatArray) -> FloatArray:
+        # the background Gaussian's mean is center_, the mean of the fitted rows
+        Z0 = Xc @ self.background_whitener_
+        return super()._score_centered(Xc) - np.einsum("ij,ij->i", Z0, Z0)
