@@ -27,8 +27,8 @@ class KNNDetector(OODDetector):
     transposed view, never a copy), and an in-place ``np.partition`` picks the k-th largest per
     row. Blocks run in a thread pool, each with single-threaded BLAS (see
     :mod:`detectors.ood._blocks`). Rows where float32 cancellation would cost accuracy
-    (near-duplicates) are recomputed exactly in float64. References far beyond ~100k rows would want an approximate
-    index; none is bundled (see ``benchmarks/results/ood.md``).
+    (near-duplicates) are recomputed exactly in float64. References far beyond ~100k rows
+    would want an approximate index; none is bundled (see ``benchmarks/results/ood.md``).
 
     Parameters
     ----------
