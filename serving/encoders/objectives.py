@@ -76,10 +76,12 @@ def vicreg(
     return sim_weight * invariance + var_weight * variance + cov_weight * covariance
 
 
-def ssl_loss(objective: str, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """Dispatch to :func:`nt_xent` (``"simclr"``) or :func:`vicreg` (``"vicreg"``)."""
+def ssl_loss(
+    objective: str, z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2
+) -> torch.Tensor:
+    """Dispatch to :func:`nt_xent` (``"simclr"``, with ``temperature``) or :func:`vicreg`."""
     if objective == "simclr":
-        return nt_xent(z1, z2)
+        return nt_xent(z1, z2, temperature=temperature)
     if objective == "vicreg":
         return vicreg(z1, z2)
     raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")

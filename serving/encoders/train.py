@@ -53,6 +53,14 @@ class TrainConfig:
         Epochs without held-out improvement before stopping.
     min_delta : float
         Decrease of the held-out loss that counts as an improvement.
+    temperature : float
+        NT-Xent temperature (SimCLR only).
+    augment : dict, optional
+        Keyword arguments of :func:`~serving.encoders.augment.image_views` (``max_shift``,
+        ``min_crop``, ``noise_std``, ``erase_prob``, ``max_erase``) or
+        :func:`~serving.encoders.augment.tabular_views` (``corruption``, ``noise_std``) that
+        override the defaults. Invariance is learnt to exactly these changes: a drift that
+        looks like an augmentation is one the embedding is trained to ignore.
     seed : int
         Seeds the split, initialisation, batching and augmentations.
     device : str
@@ -73,6 +81,8 @@ class TrainConfig:
     val_fraction: float = 0.2
     patience: int = 15
     min_delta: float = 1e-6
+    temperature: float = 0.2
+    augment: dict[str, float] | None = None
     seed: int = 0
     device: str = "auto"
     image_shape: list[int] | None = None
@@ -88,6 +98,16 @@ class TrainConfig:
             raise ValueError("epochs must be >= 1 and batch_size >= 2")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        allowed = (
+            {"max_shift", "min_crop", "noise_std", "erase_prob", "max_erase"}
+            if self.modality == "image" else {"corruption", "noise_std"}
+        )
+        unknown = set(self.augment or {}) - allowed
+        if unknown:
+            raise ValueError(
+                f"unknown {self.modality} augmentation option(s) {sorted(unknown)}; "
+                f"known: {sorted(allowed)}"
+            )
 
 
 @dataclass
@@ -154,9 +174,10 @@ def build_encoder(config: TrainConfig, X: NDArray[np.float32]) -> Encoder:
 def _views(
     config: TrainConfig, x: torch.Tensor, gen: torch.Generator, pool: torch.Tensor
 ) -> torch.Tensor:
+    opts = dict(config.augment or {})
     if config.modality == "image":
-        return image_views(x, gen)
-    return tabular_views(x, gen, pool=pool)
+        return image_views(x, gen, **opts)
+    return tabular_views(x, gen, pool=pool, **opts)
 
 
 def train_encoder(
@@ -238,7 +259,7 @@ def train_encoder(
             v1, v2 = _views(config, xb, gen, x_train), _views(config, xb, gen, x_train)
             z1 = projector(encoder.backbone(v1))
             z2 = projector(encoder.backbone(v2))
-            loss = ssl_loss(config.objective, z1, z2)
+            loss = ssl_loss(config.objective, z1, z2, config.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -275,7 +296,7 @@ def _held_out_loss(
     with torch.no_grad():
         z1 = projector(encoder.backbone(v1))
         z2 = projector(encoder.backbone(v2))
-        return float(ssl_loss(config.objective, z1, z2))
+        return float(ssl_loss(config.objective, z1, z2, config.temperature))
 
 
 # --- checkpoints ----------------------------------------------------------------------------

@@ -118,6 +118,18 @@ def test_training_is_reproducible_under_its_seed() -> None:
     assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
+def test_augmentation_options_reach_the_views() -> None:
+    X = _blobs()
+    base = {"epochs": 1, "batch_size": 64, "embed_dim": 4, "width": 8, "device": "cpu"}
+    # No corruption and no noise: both views are the input itself, so SimCLR's positives are
+    # perfect and the loss sits far below the default-augmentation run's.
+    plain = train_encoder(
+        X, TrainConfig(**base, augment={"corruption": 0.0, "noise_std": 0.0}), progress=False
+    )
+    noisy = train_encoder(X, TrainConfig(**base), progress=False)
+    assert plain.history[0]["val_loss"] < noisy.history[0]["val_loss"] - 0.1
+
+
 def test_early_stopping_keeps_the_best_epoch() -> None:
     X = _blobs()
     # A min_delta nothing can beat: epoch 1 stays best and patience runs out after 3 more.
@@ -146,6 +158,9 @@ def test_bad_training_input_names_the_problem() -> None:
         train_encoder(X[:4], cfg, progress=False)
     with pytest.raises(ValueError, match="unknown objective"):
         TrainConfig(objective="moco")
+    msg = r"unknown tabular augmentation option\(s\) \['min_crop'\]"
+    with pytest.raises(ValueError, match=msg):
+        TrainConfig(augment={"min_crop": 0.5})
     with pytest.raises(ValueError, match="no CUDA device"):
         if torch.cuda.is_available():
             pytest.skip("a GPU is present")
