@@ -104,6 +104,14 @@ def _epoch_ms(value: str | None) -> int | None:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    try:
+        return _fit_reference(args)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _fit_reference(args: argparse.Namespace) -> int:
     import numpy as np
 
     from monitor.reference import fit_reference, read_array, save_reference

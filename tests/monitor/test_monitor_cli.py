@@ -1,0 +1,64 @@
+"""``repwatch reference fit`` from an array file and from a range of the records topic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.cli import main
+from monitor.config import dump_config
+from monitor.reference import load_reference
+
+
+def _config_file(tmp_path: Path, config) -> Path:
+    path = tmp_path / "repwatch.yaml"
+    path.write_text(dump_config(config))
+    return path
+
+
+def test_reference_fit_from_an_array_file(tmp_path: Path, capsys) -> None:
+    from monitor.config import Config
+
+    arr = tmp_path / "ref.npz"
+    np.savez(arr, X=np.random.default_rng(0).normal(size=(300, 6)))
+    cfg = Config.model_validate({"models": [{"name": "digits", "embedding_dim": 6, "detectors": [
+        {"name": "drift.mmd", "params": {"n_permutations": 50}}, {"name": "ood.knn"}]}]})
+    out = tmp_path / "refdir"
+    args = ["reference", "fit", "--config", str(_config_file(tmp_path, cfg)), "--model",
+            "digits", "--out", str(out), "--array", str(arr)]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["rows"] == 300 and printed["detectors"] == ["drift.mmd", "ood.knn"]
+    ref = load_reference(cfg.models[0], out)
+    assert ref.dim == 6 and ref.source == f"array:{arr}"
+    assert main([*args[:-2], "--array", str(tmp_path / "ref.txt")]) == 2
+    assert "must be .npy or .npz" in capsys.readouterr().err
+
+
+def test_reference_fit_rejects_an_unknown_model(tmp_path: Path, capsys) -> None:
+    from monitor.config import Config
+
+    path = _config_file(tmp_path, Config())
+    assert main(["reference", "fit", "--config", str(path), "--model", "nope", "--out",
+                 str(tmp_path / "o"), "--array", "x.npy"]) == 2
+    assert "not configured" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_reference_fit_from_an_offset_range_of_the_records_topic(mon, tmp_path: Path,
+                                                                  capsys) -> None:
+    config = mon.config([{"name": "ood.knn", "params": {"k": 5}}])
+    first = mon.make("digits", 300)
+    mon.produce(first + mon.make("digits", 100, start=300, shift=5.0))
+    mon.produce(mon.make("other", 50))
+    out = tmp_path / "from-topic"
+    assert main(["reference", "fit", "--config", str(_config_file(tmp_path, config)),
+                 "--model", "digits", "--out", str(out), "--from-topic",
+                 "--start-offset", "0", "--end-offset", "300"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 300  # only digits, only 0..299
+    ref = load_reference(config.models[0], out)
+    expected = np.stack([r.embedding for r in first]).astype(np.float64)
+    assert np.allclose(ref.mean, expected.mean(axis=0))
