@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -120,13 +121,13 @@ def test_training_is_reproducible_under_its_seed() -> None:
 
 def test_augmentation_options_reach_the_views() -> None:
     X = _blobs()
-    base = {"epochs": 1, "batch_size": 64, "embed_dim": 4, "width": 8, "device": "cpu"}
+    base = TrainConfig(epochs=1, batch_size=64, embed_dim=4, width=8, device="cpu")
     # No corruption and no noise: both views are the input itself, so SimCLR's positives are
     # perfect and the loss sits far below the default-augmentation run's.
     plain = train_encoder(
-        X, TrainConfig(**base, augment={"corruption": 0.0, "noise_std": 0.0}), progress=False
+        X, replace(base, augment={"corruption": 0.0, "noise_std": 0.0}), progress=False
     )
-    noisy = train_encoder(X, TrainConfig(**base), progress=False)
+    noisy = train_encoder(X, base, progress=False)
     assert plain.history[0]["val_loss"] < noisy.history[0]["val_loss"] - 0.1
 
 
