@@ -65,13 +65,13 @@ class OnlineMMDDrift(Detector):
     --------
     >>> import numpy as np
     >>> from detectors.drift import OnlineMMDDrift
-    >>> rng = np.random.default_rng(0)
-    >>> det = OnlineMMDDrift(ert=200, window_size=20, n_bootstraps=2000, seed=0)
+    >>> rng = np.random.default_rng(1)
+    >>> det = OnlineMMDDrift(ert=500, window_size=20, n_bootstraps=5000, seed=1)
     >>> det = det.fit(rng.normal(size=(500, 4)))
     >>> det.update_batch(rng.normal(size=(100, 4))).is_drift
     False
-    >>> det.update_batch(rng.normal(1.0, 1.0, size=(100, 4))).detection_time
-    108
+    >>> det.update_batch(rng.normal(1.0, 1.0, size=(100, 4))).detection_time  # shift at t=101
+    110
     """
 
     def __init__(
