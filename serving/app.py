@@ -52,10 +52,18 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     producer_factory: Any = None,
+    producer_options: dict[str, Any] | None = None,
     sidecar: Sidecar | None = None,
 ) -> SidecarApp:
-    """Build the app. ``producer_factory`` overrides the Kafka producer (tests, benchmarks)."""
-    side = sidecar or Sidecar(config, registry or CollectorRegistry(), producer_factory)
+    """Build the app.
+
+    By default records go to Kafka through a producer child process configured from
+    ``config.kafka`` (``producer_options`` override its kafka-python settings);
+    ``producer_factory`` replaces it with an in-process producer (tests, stand-ins).
+    """
+    side = sidecar or Sidecar(
+        config, registry or CollectorRegistry(), producer_factory, producer_options
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -16,13 +16,14 @@ from serving.ingest import Target
 from serving.metrics import ServingMetrics
 from serving.models import ServedModel
 from serving.oip import OIPError
-from serving.stream import ProducerFactory, RecordQueue, RecordStream, kafka_producer_factory
+from serving.stream import ProducerFactory, RecordQueue, RecordStream, kafka_producer_options
 from serving.tap import TapClient
+from serving.transport import ProcessTransport
 
 log = logging.getLogger(__name__)
 
 
-def producer_factory_for(config: Config) -> ProducerFactory:
+def producer_options_for(config: Config, **overrides: Any) -> dict[str, Any]:
     """kafka-python producer settings from the platform configuration."""
     k = config.kafka
     security: dict[str, Any] = {"security_protocol": k.security_protocol}
@@ -37,9 +38,8 @@ def producer_factory_for(config: Config) -> ProducerFactory:
         value = getattr(k, name)
         if value is not None:
             security[name] = str(value)
-    return kafka_producer_factory(
-        k.bootstrap_servers, client_id=f"{k.client_id}-serving", **security
-    )
+    options = {"client_id": f"{k.client_id}-serving", **security, **overrides}
+    return kafka_producer_options(k.bootstrap_servers, **options)
 
 
 class Pseudonymizer:
@@ -68,6 +68,7 @@ class Sidecar:
         config: Config,
         registry: CollectorRegistry,
         producer_factory: ProducerFactory | None = None,
+        producer_options: dict[str, Any] | None = None,
     ) -> None:
         from importlib.metadata import PackageNotFoundError, version
 
@@ -104,7 +105,8 @@ class Sidecar:
         self.stream = RecordStream(
             self.queue,
             RecordBuilder(self.metrics, s.feedback_cache_size),
-            producer_factory or producer_factory_for(config),
+            producer_factory
+            or ProcessTransport(producer_options_for(config, **(producer_options or {}))),
             config.topics.records,
             self.metrics,
         )

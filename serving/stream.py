@@ -1,12 +1,14 @@
-"""The record stream: a bounded in-memory queue drained by a background Kafka producer thread.
+"""The record stream: a bounded in-memory queue drained by a background thread into Kafka.
 
 The request path only appends a small item to a deque (no encoding, no I/O). One thread turns
 items into v1 records (running the SSL encoder, msgpack-encoding) and hands them to a
-kafka-python producer (batched, compressed, idempotent, keyed by model).
+kafka-python producer (batched, compressed, idempotent, keyed by model), by default in a child
+process (:mod:`serving.transport`) so that the client's interpreter time never competes with
+requests for the GIL.
 
 When the broker is slow or down, the producer stops taking from the queue once
 ``max_in_flight`` records await acknowledgement; the queue fills, then drops its **oldest**
-records (counted as ``queue_full``). Records kafka-python gives up on are counted as
+records (counted as ``queue_full``). Records the producer gives up on are counted as
 ``delivery_failed``. Nothing waits on the broker on the request path, and the thread recovers by
 itself: it backs off, and after repeated failures rebuilds the producer (a broker restarted with
 empty storage does not know the old idempotent producer id).
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from serving.metrics import ServingMetrics
+from serving.transport import InProcessTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +100,17 @@ ProducerFactory = Callable[[], Any]
 
 
 class RecordStream:
-    """Background producer thread for a :class:`RecordQueue`."""
+    """Background thread draining a :class:`RecordQueue` into a :class:`Transport`.
+
+    ``transport`` may also be a producer factory (a callable returning an object with
+    kafka-python's ``send``/``flush``/``close``), used in this process.
+    """
 
     def __init__(
         self,
         queue: RecordQueue,
         build: Builder,
-        producer_factory: ProducerFactory,
+        transport: Transport | ProducerFactory,
         topic: str,
         metrics: ServingMetrics,
         *,
@@ -116,23 +123,25 @@ class RecordStream:
     ) -> None:
         self.queue = queue
         self._build = build
-        self._factory = producer_factory
+        self.transport = (
+            transport if isinstance(transport, Transport) else InProcessTransport(transport)
+        )
         self.topic = topic
         self.metrics = metrics
         self.max_in_flight = max_in_flight
         self.stall_seconds = stall_seconds
-        self._progress = 0.0  # last ack, or when records went in flight after none were
         self.batch_records = batch_records
         # Waking once per record would contend with request threads for the GIL at every
         # request; a few ms of linger turns that into one short burst per batch.
         self.linger = linger
         self.rebuild_after_failures = rebuild_after_failures
         self.max_backoff = max_backoff
-        self._producer: Any = None
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._progress = 0.0  # last ack/failure, or when records went in flight after none
         self._failures = 0  # consecutive failed deliveries/connects
         self._pause_until = 0.0
+        self._rebuild = False
         self._stop = threading.Event()
         self._deadline = 0.0
         self._thread = threading.Thread(target=self._loop, name="repwatch-producer", daemon=True)
@@ -146,16 +155,16 @@ class RecordStream:
 
     @property
     def connected(self) -> bool:
-        return self._producer is not None and self._failures == 0
+        return self._failures == 0
 
     def close(self, timeout: float) -> None:
         """Flush what is queued and in flight within ``timeout`` seconds, then stop."""
         self._deadline = time.monotonic() + timeout
         self._stop.set()
-        self._thread.join(timeout + 1.0)
+        self._thread.join(timeout + 2.0)
         left = self.queue.clear()
         with self._lock:
-            left += self._in_flight
+            left += max(0, self._in_flight)
             self._in_flight = 0
         if left:
             log.warning(
@@ -163,20 +172,25 @@ class RecordStream:
             )
             self.metrics.records_dropped.labels("shutdown").inc(left)
 
-    # ---- producer thread ---------------------------------------------------------------------
+    # ---- the thread ------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             now = time.monotonic()
             if self._stop.is_set() and (not len(self.queue) or now >= self._deadline):
                 break
             if self._rebuild:
-                self._drop_producer()
-            if self._producer is None and not self._connect():
+                self._rebuild = False
+                log.warning(
+                    "record stream: %d failures in a row; rebuilding the producer", self._failures
+                )
+                self.transport.reset()
+            if not self.transport.open(self):
+                self._wait(min(self.max_backoff, 0.2 * 2 ** min(self._failures, 5)))
                 continue
             if (
                 self._in_flight >= self.max_in_flight
                 or now < self._pause_until
-                or (self._in_flight and now - self._progress > self.stall_seconds)
+                or (self._in_flight > 0 and now - self._progress > self.stall_seconds)
             ):
                 # Broker slow or gone: leave records in the bounded queue (drop-oldest there)
                 # rather than piling them up inside the client.
@@ -198,111 +212,73 @@ class RecordStream:
                 except Exception:  # a bug in building must not kill the stream
                     log.exception("record stream: building records failed; dropping %d", len(fresh))
                     self.metrics.records_dropped.labels("invalid_record").inc(len(fresh))
-            self._send(messages)
+            if messages:
+                taken = self.transport.send(self.topic, messages)
+                if taken < len(messages):
+                    rest = messages[taken:]
+                    self.queue.put_front(Encoded(rest), len(rest))
+                    self._failed()
             if len(messages) < self.batch_records and not self._stop.is_set():
                 self._stop.wait(self.linger)
-        self._shutdown_producer()
+        self.transport.close(self._deadline)
 
     def _wait(self, seconds: float) -> None:
         if self._stop.is_set():
-            if time.monotonic() >= self._deadline:
-                return
-            seconds = min(seconds, max(0.0, self._deadline - time.monotonic()))
-        self._stop.wait(seconds) if not self._stop.is_set() else time.sleep(seconds)
+            time.sleep(max(0.0, min(seconds, self._deadline - time.monotonic())))
+        else:
+            self._stop.wait(seconds)
 
-    def _connect(self) -> bool:
-        try:
-            self._producer = self._factory()
-            log.info("record stream: producer connected, sending to %s", self.topic)
-            self._failures = 0
-            self._pause_until = 0.0
-            return True
-        except Exception as exc:
-            self.metrics.producer_errors.labels("connect").inc()
-            self._failures += 1
-            backoff = min(self.max_backoff, 0.2 * 2 ** min(self._failures, 6))
-            log.warning("record stream: cannot reach Kafka (%s); retrying in %.1fs", exc, backoff)
-            self._wait(backoff)
-            return False
-
-    def _send(self, messages: list[Message]) -> None:
-        producer = self._producer
-        for i, (model, value) in enumerate(messages):
-            try:
-                fut = producer.send(self.topic, key=model.encode(), value=value)
-            except Exception as exc:
-                # Metadata unavailable within max_block_ms, or the producer is closed: keep the
-                # rest (they are the oldest records) and try again after a pause.
-                self.metrics.producer_errors.labels("send").inc()
-                log.warning("record stream: send failed (%s)", exc)
-                rest = messages[i:]
-                self.queue.put_front(Encoded(rest), len(rest))
-                self._failed()
-                return
-            with self._lock:
-                if not self._in_flight:
-                    self._progress = time.monotonic()
-                self._in_flight += 1
-            fut.add_callback(self._delivered, model)
-            fut.add_errback(self._undelivered)
-
-    def _delivered(self, model: str, _meta: Any) -> None:
+    # ---- accounting, called by the transport from any thread --------------------------------
+    def handed(self, n: int) -> None:
         with self._lock:
-            self._in_flight -= 1
+            if self._in_flight <= 0:
+                self._progress = time.monotonic()
+            self._in_flight += n
+
+    def acked(self, model: str, n: int) -> None:
+        with self._lock:
+            self._in_flight -= n
             self._progress = time.monotonic()
         self._failures = 0
         counter = self._sent.get(model)
         if counter is None:
             counter = self._sent[model] = self.metrics.records_sent.labels(model)
-        counter.inc()
+        counter.inc(n)
 
-    def _undelivered(self, exc: BaseException) -> None:
+    def failed(self, n: int, error: str) -> None:
         with self._lock:
-            self._in_flight -= 1
+            self._in_flight -= n
             self._progress = time.monotonic()
-        self._drop_delivery.inc()
-        self.metrics.producer_errors.labels("delivery").inc()
+        self._drop_delivery.inc(n)
+        self.metrics.producer_errors.labels("delivery").inc(n)
         if self._failures == 0:
-            log.warning("record stream: delivery failed (%s)", exc)
+            log.warning("record stream: delivery failed (%s)", error)
         self._failed()
+
+    def connect_failed(self, error: str, kind: str = "connect") -> None:
+        self.metrics.producer_errors.labels(kind).inc()
+        if self._failures == 0:
+            log.warning("record stream: cannot reach Kafka (%s)", error)
+        self._failed()
+
+    def transport_lost(self) -> None:
+        """The producer process exited: what it held is lost (unless we are shutting down)."""
+        if self._stop.is_set():
+            return
+        with self._lock:
+            lost = max(0, self._in_flight)
+        if lost:
+            self.failed(lost, "the producer process exited")
 
     def _failed(self) -> None:
         self._failures += 1
-        self._pause_until = time.monotonic() + min(
-            self.max_backoff, 0.1 * 2 ** min(self._failures, 6)
-        )
-        if self._failures >= self.rebuild_after_failures and self._producer is not None:
-            # Rebuilt on the producer thread; a callback only flags it.
+        backoff = min(self.max_backoff, 0.1 * 2 ** min(self._failures, 6))
+        self._pause_until = time.monotonic() + backoff
+        if self._failures % self.rebuild_after_failures == 0:
             self._rebuild = True
 
-    _rebuild = False
 
-    def _drop_producer(self) -> None:
-        """Close a producer that keeps failing; in-flight records fail and are counted."""
-        self._rebuild = False
-        producer, self._producer = self._producer, None
-        log.warning("record stream: %d failures in a row; rebuilding the producer", self._failures)
-        try:
-            producer.close(timeout=0)
-        except Exception as exc:
-            log.warning("record stream: close failed (%s)", exc)
-
-    def _shutdown_producer(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is None:
-            return
-        remaining = max(0.0, self._deadline - time.monotonic())
-        try:
-            producer.flush(timeout=remaining)
-        except Exception as exc:
-            log.warning("record stream: flush did not finish (%s)", exc)
-        try:
-            producer.close(timeout=max(0.0, self._deadline - time.monotonic()))
-        except Exception as exc:
-            log.warning("record stream: close failed (%s)", exc)
-
-
-def kafka_producer_factory(
+def kafka_producer_options(
     bootstrap_servers: Sequence[str],
     *,
     client_id: str = "repwatch-serving",
@@ -312,28 +288,34 @@ def kafka_producer_factory(
     delivery_timeout_ms: int = 30_000,
     request_timeout_ms: int = 10_000,
     max_block_ms: int = 2_000,
-    **security: Any,
-) -> ProducerFactory:
-    """A factory for an idempotent, batched, compressed kafka-python producer."""
+    **extra: Any,
+) -> dict[str, Any]:
+    """``KafkaProducer`` settings: idempotent, acks=all, batched, compressed."""
+    return {
+        "bootstrap_servers": list(bootstrap_servers),
+        "client_id": client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "compression_type": compression,
+        "linger_ms": linger_ms,
+        "batch_size": batch_size,
+        "delivery_timeout_ms": delivery_timeout_ms,
+        "request_timeout_ms": request_timeout_ms,
+        "max_block_ms": max_block_ms,
+        "retry_backoff_ms": 200,
+        "reconnect_backoff_ms": 100,
+        "reconnect_backoff_max_ms": 2000,
+        **extra,
+    }
+
+
+def kafka_producer_factory(bootstrap_servers: Sequence[str], **options: Any) -> ProducerFactory:
+    """A factory for an in-process producer with :func:`kafka_producer_options`."""
+    kwargs = kafka_producer_options(bootstrap_servers, **options)
 
     def make() -> Any:
         from kafka import KafkaProducer
 
-        return KafkaProducer(
-            bootstrap_servers=list(bootstrap_servers),
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=True,
-            compression_type=compression,
-            linger_ms=linger_ms,
-            batch_size=batch_size,
-            delivery_timeout_ms=delivery_timeout_ms,
-            request_timeout_ms=request_timeout_ms,
-            max_block_ms=max_block_ms,
-            retry_backoff_ms=200,
-            reconnect_backoff_ms=100,
-            reconnect_backoff_max_ms=2000,
-            **security,
-        )
+        return KafkaProducer(**kwargs)
 
     return make

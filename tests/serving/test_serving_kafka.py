@@ -16,7 +16,6 @@ from monitor import localstack
 from monitor.config import Config
 from monitor.records import Record, decode
 from serving.app import create_app
-from serving.stream import kafka_producer_factory
 
 pytestmark = pytest.mark.integration
 
@@ -78,10 +77,9 @@ def make_client(model: Path, broker: localstack.Service, queue_size: int = 10000
             "serving": {"queue_size": queue_size, "intra_op_threads": 1},
         }
     )
-    factory = kafka_producer_factory(
-        [broker.address], delivery_timeout_ms=4000, request_timeout_ms=1500, max_block_ms=500
-    )
-    return TestClient(create_app(config, producer_factory=factory))
+    # The default transport: kafka-python in a child process, with test-sized timeouts.
+    options = {"delivery_timeout_ms": 4000, "request_timeout_ms": 1500, "max_block_ms": 500}
+    return TestClient(create_app(config, producer_options=options))
 
 
 def infer(client: TestClient, x: np.ndarray) -> Any:

@@ -1,0 +1,171 @@
+"""The Kafka producer in a child process, so kafka-python never holds the sidecar's GIL.
+
+kafka-python is pure Python: ~13 µs of interpreter time per record (partitioning, record-batch
+building, futures, compression on its sender thread). Inside the serving process that time is
+taken from the request threads; here it runs on its own interpreter, and the serving process pays
+only one pipe write per batch of already-encoded records.
+
+Protocol (msgpack over two one-way pipes):
+
+* parent → child: ``["send", topic, [[key, value], ...]]``, ``["reset"]`` (rebuild the producer
+  after repeated failures), ``["close", seconds]`` (flush within the deadline and exit);
+* child → parent: ``{"ok": {model: n}}`` acknowledgements, ``{"fail": n, "error": str}`` for
+  records kafka-python gave up on, ``{"connect": str}`` when the producer cannot be built.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from typing import Any
+
+import msgpack
+
+log = logging.getLogger(__name__)
+
+
+class _Child:
+    def __init__(self, conn_in: Any, conn_out: Any, kafka_kwargs: dict[str, Any]) -> None:
+        self.conn_in = conn_in
+        self.conn_out = conn_out
+        self.kwargs = kafka_kwargs
+        self.pending: deque[tuple[str, bytes, bytes]] = deque()
+        self.cond = threading.Condition()
+        self.lock = threading.Lock()
+        self.ok: Counter[str] = Counter()
+        self.fail = 0
+        self.error = ""
+        self.reset = False
+        self.deadline: float | None = None
+        self.producer: Any = None
+        self.connect_failures = 0
+        self.next_connect = 0.0
+
+    # ---- pipe reader thread: never blocks on the broker --------------------------------------
+    def read(self) -> None:
+        try:
+            while True:
+                msg = msgpack.unpackb(self.conn_in.recv_bytes(), raw=False)
+                with self.cond:
+                    if msg[0] == "send":
+                        topic = msg[1]
+                        self.pending.extend((topic, k.encode(), v) for k, v in msg[2])
+                    elif msg[0] == "reset":
+                        self.reset = True
+                    elif msg[0] == "close":
+                        self.deadline = time.monotonic() + float(msg[1])
+                        self.cond.notify()
+                        return
+                    self.cond.notify()
+        except (EOFError, OSError):
+            with self.cond:
+                self.deadline = time.monotonic()  # the parent is gone: stop at once
+                self.cond.notify()
+
+    # ---- callbacks on kafka-python's sender thread -----------------------------------------
+    def _acked(self, model: str, _meta: Any) -> None:
+        with self.lock:
+            self.ok[model] += 1
+
+    def _failed(self, exc: BaseException) -> None:
+        with self.lock:
+            self.fail += 1
+            self.error = str(exc)
+
+    def emit(self, connect_error: str | None = None) -> None:
+        with self.lock:
+            ok, fail, error = dict(self.ok), self.fail, self.error
+            self.ok.clear()
+            self.fail = 0
+        event: dict[str, Any] = {}
+        if ok:
+            event["ok"] = ok
+        if fail:
+            event["fail"] = fail
+            event["error"] = error
+        if connect_error is not None:
+            event["connect"] = connect_error
+        if event:
+            self.conn_out.send_bytes(msgpack.packb(event))
+
+    # ---- main loop ---------------------------------------------------------------------------
+    def connect(self) -> None:
+        from kafka import KafkaProducer
+
+        try:
+            self.producer = KafkaProducer(**self.kwargs)
+            self.connect_failures = 0
+        except Exception as exc:
+            self.connect_failures += 1
+            self.next_connect = time.monotonic() + min(
+                5.0, 0.2 * 2 ** min(self.connect_failures, 5)
+            )
+            self.emit(connect_error=f"{type(exc).__name__}: {exc}")
+
+    def drop_producer(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=0)
+            except Exception as exc:
+                log.warning("producer close failed: %s", exc)
+
+    def send_pending(self) -> None:
+        producer = self.producer
+        while True:
+            with self.cond:
+                if not self.pending:
+                    return
+                topic, key, value = self.pending[0]
+            try:
+                fut = producer.send(topic, key=key, value=value)
+            except Exception as exc:  # metadata unavailable: keep it, try later
+                self.emit(connect_error=f"{type(exc).__name__}: {exc}")
+                return
+            with self.cond:
+                self.pending.popleft()
+            fut.add_callback(self._acked, key.decode())
+            fut.add_errback(self._failed)
+
+    def run(self) -> None:
+        reader = threading.Thread(target=self.read, daemon=True)
+        reader.start()
+        while True:
+            with self.cond:
+                if self.deadline is None and not self.pending and not self.reset:
+                    self.cond.wait(0.05)
+                deadline, reset = self.deadline, self.reset
+                self.reset = False
+            if reset:
+                self.drop_producer()
+            if self.producer is None and time.monotonic() >= self.next_connect:
+                self.connect()
+            if self.producer is not None:
+                self.send_pending()
+            self.emit()
+            if deadline is not None:
+                break
+            if self.producer is None or self.pending:
+                time.sleep(0.02)  # waiting for the broker: do not spin
+        self.shutdown(deadline)
+
+    def shutdown(self, deadline: float) -> None:
+        if self.producer is not None:
+            self.send_pending()
+            try:
+                self.producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as exc:
+                log.warning("flush did not finish: %s", exc)
+            self.emit()
+            self.drop_producer()
+        self.emit()
+        self.conn_out.close()
+
+
+def main(conn_in: Any, conn_out: Any, kafka_kwargs: dict[str, Any]) -> None:
+    """Child process entry point."""
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    _Child(conn_in, conn_out, kafka_kwargs).run()
