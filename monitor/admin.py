@@ -86,6 +86,9 @@ class AdminServer:
                     return self._reply(400, {"error": str(exc)})
                 except TimeoutError:
                     return self._reply(503, {"error": "the worker did not apply it in time"})
+                except Exception as exc:  # a broken artifact must not kill the admin thread
+                    log.exception("admin reference replacement for %r failed", m.group(1))
+                    return self._reply(500, {"error": f"{type(exc).__name__}: {exc}"})
                 self._reply(200, result)
 
             def log_message(self, *args: Any) -> None:

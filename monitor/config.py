@@ -183,6 +183,10 @@ class MonitorConfig(_Model):
     max_poll_records: int = Field(2000, gt=0)
     session_timeout_ms: int = Field(10000, ge=1000, description="consumer group session")
     heartbeat_interval_ms: int = Field(2000, ge=100)
+    check_crcs: bool = Field(
+        True, description="verify record-batch CRCs on fetch; kafka-python does it in pure "
+        "Python unless the `crc32c` package is installed (then it is ~free)"
+    )
     model_versions_kept: int = Field(3, gt=0, description="pipelines kept per model")
 
 

@@ -3,7 +3,9 @@
 The runtime sees columnar :class:`Batch` values, ``(topic, partition)`` tuples and plain ints;
 swapping in confluent-kafka means rewriting this module only (``Consumer``/``Producer`` keep
 their methods, the rebalance callbacks keep their meaning: *revoke* runs before partitions are
-taken away, inside ``poll``, so the runtime can checkpoint and commit them first).
+taken away, while the runtime's thread is blocked in ``poll``, so the runtime can checkpoint them
+and the boundary commits them). Client settings passed through (``session_timeout_ms``,
+``check_crcs``…) use kafka-python's names; another client maps them here.
 """
 
 from __future__ import annotations

@@ -121,6 +121,7 @@ class Worker:
         settings = {
             "session_timeout_ms": c.monitor.session_timeout_ms,
             "heartbeat_interval_ms": c.monitor.heartbeat_interval_ms,
+            "check_crcs": c.monitor.check_crcs,
             **self._consumer_settings,
         }
         self.consumer = Consumer(
