@@ -127,6 +127,21 @@ class OnlineMMDDrift(Detector):
         return self
 
     def _calibrate(self, K: FloatArray, rng: np.random.Generator) -> FloatArray:
+        stats = self._bootstrap_statistics(K, rng)
+        B, W = stats.shape[0], self.window_size
+        thresholds = np.empty(W + 1)
+        alive = np.ones(B, dtype=bool)
+        for w in range(W + 1):
+            thresholds[w] = np.quantile(stats[alive, w], 1.0 - 1.0 / self.ert)
+            alive &= stats[:, w] < thresholds[w]
+            if alive.sum() < 2:
+                raise ValueError(
+                    "too few bootstrap streams survive calibration; increase n_bootstraps"
+                )
+        return thresholds
+
+    def _bootstrap_statistics(self, K: FloatArray, rng: np.random.Generator) -> FloatArray:
+        """MMD² of the ``W + 1`` windows of every bootstrap stream, shape ``(B, W + 1)``."""
         N, W, B = K.shape[0], self.window_size, self.n_bootstraps
         L, rw = 2 * W, N - 2 * W
         col_sums = K.sum(axis=0)
@@ -145,16 +160,7 @@ class OnlineMMDDrift(Detector):
             cxy = np.concatenate([np.zeros((b, 1)), kxy.cumsum(1)], axis=1)
             kxy_w = cxy[:, starts + W] - cxy[:, starts]
             stats[lo : lo + b] = kxx[:, None] + pairs / (W * (W - 1)) - 2.0 * kxy_w / (rw * W)
-        thresholds = np.empty(W + 1)
-        alive = np.ones(B, dtype=bool)
-        for w in range(W + 1):
-            thresholds[w] = np.quantile(stats[alive, w], 1.0 - 1.0 / self.ert)
-            alive &= stats[:, w] < thresholds[w]
-            if alive.sum() < 2:
-                raise ValueError(
-                    "too few bootstrap streams survive calibration; increase n_bootstraps"
-                )
-        return thresholds
+        return stats
 
     # --- streaming -------------------------------------------------------------------------
     def reset(self) -> None:
