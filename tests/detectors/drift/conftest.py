@@ -40,7 +40,9 @@ def _null_p_values(
     return out
 
 
-def _assert_calibrated(p: np.ndarray, n_permutations: int | None = None, uniform: bool = True) -> None:
+def _assert_calibrated(
+    p: np.ndarray, n_permutations: int | None = None, uniform: bool = True
+) -> None:
     """FPR at 0.05 in [0.03, 0.07]; p-values uniform (KS test at 0.01).
 
     Permutation p-values live on the grid ``k / (B + 1)``; subtracting ``U / (B + 1)`` spreads

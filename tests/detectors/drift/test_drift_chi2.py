@@ -51,7 +51,8 @@ def test_calibration_under_no_drift(calib: Any) -> None:
 def test_power() -> None:
     rng = np.random.default_rng(4)
     det = ChiSquareDrift().fit(rng.choice(4, 1000, p=P))
-    hits = sum(det.predict(rng.choice(4, 300, p=[0.25, 0.25, 0.25, 0.25])).is_drift for _ in range(20))
+    uniform = [0.25, 0.25, 0.25, 0.25]
+    hits = sum(det.predict(rng.choice(4, 300, p=uniform)).is_drift for _ in range(20))
     assert hits >= 19
 
 

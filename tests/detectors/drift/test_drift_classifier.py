@@ -24,7 +24,8 @@ def test_held_out_auc_equals_brute_force_leave_one_out(features: str) -> None:
     loo = np.empty(65)
     for i in range(65):  # refit without row i, score row i
         keep = np.arange(65) != i
-        w = np.linalg.solve(F[keep].T @ F[keep] + lam * np.eye(F.shape[1]), F[keep].T @ labels[keep])
+        A = F[keep].T @ F[keep] + lam * np.eye(F.shape[1])
+        w = np.linalg.solve(A, F[keep].T @ labels[keep])
         loo[i] = F[i] @ w
     assert det.score(Y)[0] == pytest.approx(roc_auc_score(labels, loo), abs=1e-12)
 
