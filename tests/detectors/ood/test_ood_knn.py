@@ -30,8 +30,9 @@ def test_scores_match_brute_force(normalize: bool, k: int) -> None:
     Q[:20] = X[:20] + 1e-7 * rng.normal(size=(20, 24))  # near-duplicates: float32 cancels there
     det = KNNDetector(k=k, normalize=normalize).fit(X)
     expected = _brute_force(X, Q, k, normalize)
-    # the reference is stored in float32; scores are float64 distances to it
-    np.testing.assert_allclose(det.score(Q), expected, rtol=2e-6, atol=2e-6)
+    # the reference is stored in float32 (rounding ~1e-7 per coordinate); distances to it are
+    # computed in float64
+    np.testing.assert_allclose(det.score(Q), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_near_duplicates_are_exact() -> None:
@@ -57,7 +58,7 @@ def test_blocked_threaded_and_serial_paths_agree() -> None:
 
 def test_scoring_does_not_copy_the_reference() -> None:
     rng = np.random.default_rng(6)
-    det = KNNDetector(k=10, calibration_fraction=0.01, block_bytes=1 << 20)
+    det = KNNDetector(k=10, calibration_fraction=0.01, block_bytes=1 << 20, n_jobs=2)
     det.fit(rng.normal(size=(40_000, 128)).astype(np.float32))
     ref = det.reference_
     Q = rng.normal(size=(1000, 128))
@@ -67,9 +68,9 @@ def test_scoring_does_not_copy_the_reference() -> None:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert det.reference_ is ref
-    # a copy alone would cost ref.nbytes (10 MB); the query (float64 + float32) and two
-    # similarity blocks of 16 rows take ~4 MB
-    assert peak < ref.nbytes / 2, (peak, ref.nbytes)
+    # a copy alone would cost ref.nbytes (20 MB); the query (float64 + float32) and, per
+    # thread, a 16-row similarity block plus its partitioned copy take ~13 MB
+    assert peak < ref.nbytes, (peak, ref.nbytes)
 
 
 def test_further_from_the_reference_scores_higher() -> None:
