@@ -34,6 +34,11 @@ def _serve(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    import gc
+
+    # Everything loaded so far (onnxruntime, FastAPI, numpy) lives for the whole process: keep it
+    # out of the garbage collector's scans, which request-path allocations trigger.
+    gc.freeze()
     uvicorn.run(
         app,
         host=args.host or config.serving.host,

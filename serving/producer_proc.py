@@ -113,21 +113,21 @@ class _Child:
                 log.warning("producer close failed: %s", exc)
 
     def send_pending(self) -> None:
-        producer = self.producer
-        while True:
-            with self.cond:
-                if not self.pending:
-                    return
-                topic, key, value = self.pending[0]
+        with self.cond:
+            batch = list(self.pending)
+            self.pending.clear()
+        send = self.producer.send
+        acked, failed = self._acked, self._failed
+        for i, (topic, key, value) in enumerate(batch):
             try:
-                fut = producer.send(topic, key=key, value=value)
-            except Exception as exc:  # metadata unavailable: keep it, try later
+                fut = send(topic, key=key, value=value)
+            except Exception as exc:  # metadata unavailable: keep the rest, try later
+                with self.cond:
+                    self.pending.extendleft(reversed(batch[i:]))
                 self.emit(connect_error=f"{type(exc).__name__}: {exc}")
                 return
-            with self.cond:
-                self.pending.popleft()
-            fut.add_callback(self._acked, key.decode())
-            fut.add_errback(self._failed)
+            fut.add_callback(acked, key.decode())
+            fut.add_errback(failed)
 
     def run(self) -> None:
         reader = threading.Thread(target=self.read, daemon=True)

@@ -117,7 +117,7 @@ class RecordStream:
         max_in_flight: int = 2000,
         stall_seconds: float = 0.5,
         batch_records: int = 500,
-        linger: float = 0.005,
+        linger: float = 0.02,
         rebuild_after_failures: int = 3,
         max_backoff: float = 5.0,
     ) -> None:
@@ -283,7 +283,7 @@ def kafka_producer_options(
     *,
     client_id: str = "repwatch-serving",
     compression: str = "gzip",
-    linger_ms: int = 5,
+    linger_ms: int = 50,
     batch_size: int = 256 * 1024,
     delivery_timeout_ms: int = 30_000,
     request_timeout_ms: int = 10_000,
