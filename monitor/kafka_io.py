@@ -113,6 +113,9 @@ class Consumer:
             "auto_offset_reset": "earliest",
             "max_partition_fetch_bytes": 8 << 20,
             "fetch_max_bytes": 64 << 20,
+            # A broker may hold a fetch for the whole wait when little data is there (Tansu
+            # does): 100 ms bounds the latency it adds; a busy topic never waits anyway.
+            "fetch_max_wait_ms": 100,
             **client_kwargs(cfg),
             **overrides,
         }
