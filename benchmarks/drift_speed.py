@@ -1,0 +1,255 @@
+"""Drift detectors beside alibi-detect 0.13 and Evidently 0.7, on the same arrays, in one run.
+
+    .venv/bin/python benchmarks/drift_speed.py [--repeat 3] [--skip-evidently] [--skip-alibi]
+
+The arrays are written once to a temporary .npz; repwatch runs here, each peer runs in its own
+virtualenv as a subprocess on that file (``benchmarks/envs/setup_alibi.sh``,
+``setup_evidently.sh``). Prints ratios and writes ``benchmarks/results/drift_speed.md``.
+Times are the best of ``--repeat`` runs (the median is in the table too) on a shared machine:
+other processes compete for the same cores, so treat ratios as approximate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PEERS = {"alibi": ROOT / ".venv-alibi" / "bin" / "python",
+         "evidently": ROOT / ".venv-evidently" / "bin" / "python"}
+N, n, B = 2000, 500, 100
+NODRIFT_TRIALS = 20
+
+
+def make_data(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    data: dict[str, np.ndarray] = {}
+    for d in (64, 384):  # a 0.3 sigma mean shift in every coordinate
+        data[f"mmd_ref_{d}"] = rng.normal(size=(N, d)).astype(np.float32)
+        data[f"mmd_test_{d}"] = rng.normal(0.3, 1.0, size=(n, d)).astype(np.float32)
+    data["ks_ref"], data["ks_test"] = data["mmd_ref_384"], data["mmd_test_384"]
+    data["online_ref"] = rng.normal(size=(N, 64)).astype(np.float32)
+    data["online_stream"] = rng.normal(size=(2000, 64)).astype(np.float32)
+    data["nodrift_ref"] = rng.normal(size=(NODRIFT_TRIALS, N, 64)).astype(np.float32)
+    data["nodrift_test"] = rng.normal(size=(NODRIFT_TRIALS, n, 64)).astype(np.float32)
+    return data
+
+
+def timed(fn: Any, repeat: int) -> tuple[list[float], Any]:
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return times, out
+
+
+def run_ours(data: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
+    from detectors.drift import ClassifierDrift, KSDrift, MMDDrift, OnlineMMDDrift
+
+    out: dict[str, Any] = {}
+    for d in (64, 384):
+        ref, test = data[f"mmd_ref_{d}"], data[f"mmd_test_{d}"]
+        fit_t, det = timed(lambda ref=ref: MMDDrift(n_permutations=B).fit(ref), 1)
+        times, res = timed(lambda det=det, test=test: det.predict(test), repeat)
+        out[f"mmd_{d}"] = {"init_s": fit_t[0], "predict_s": times, "p_val": res.p_value}
+    ks = KSDrift().fit(data["ks_ref"])
+    times, _ = timed(lambda: ks.predict(data["ks_test"]), repeat)
+    out["ks"] = {"predict_s": times}
+    ref, stream = data["online_ref"], data["online_stream"]
+    fit_t, od = timed(
+        lambda: OnlineMMDDrift(ert=500, window_size=50, n_bootstraps=1000).fit(ref), repeat
+    )
+    od.reset()
+    t = time.perf_counter()
+    for lo in range(0, stream.shape[0], 100):
+        od.update_batch(stream[lo : lo + 100])
+    batch100 = (time.perf_counter() - t) / stream.shape[0]
+    od.reset()
+    t = time.perf_counter()
+    for x in stream[:300]:
+        od.update(x)
+    single = (time.perf_counter() - t) / 300
+    out["online"] = {"init_s": fit_t, "per_record_batch100_s": batch100,
+                     "per_record_single_s": single}
+    fpr, shift = {}, {}
+    for name, make in {
+        "MMDDrift": lambda i: MMDDrift(n_permutations=B, seed=i),
+        "KSDrift (bh)": lambda i: KSDrift(correction="bh", seed=i),
+        "ClassifierDrift": lambda i: ClassifierDrift(seed=i),
+    }.items():
+        pairs = zip(data["nodrift_ref"], data["nodrift_test"], strict=True)
+        flags = [make(i).fit(r).predict(t).is_drift for i, (r, t) in enumerate(pairs)]
+        fpr[name] = float(np.mean(flags))
+        shift[name] = [
+            bool(make(0).fit(data[f"mmd_ref_{d}"]).predict(data[f"mmd_test_{d}"]).is_drift)
+            for d in (64, 384)
+        ]
+    out["fpr"], out["shift"] = fpr, shift
+    return out
+
+
+def memory_child() -> None:
+    """Run in a fresh process: peak RSS of MMD with a 50k reference and a 5k window."""
+    from detectors.drift import MMDDrift
+
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(50_000, 64))
+    test = rng.normal(0.05, 1.0, size=(5_000, 64))
+    t = time.perf_counter()
+    det = MMDDrift(n_permutations=100).fit(ref)
+    fit_s = time.perf_counter() - t
+    t = time.perf_counter()
+    res = det.predict(test)
+    pred_s = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"method": det.method_, "fit_s": fit_s, "predict_s": pred_s,
+                      "peak_bytes": peak, "p_value": res.p_value}))
+
+
+def run_peer(which: str, npz: Path, repeat: int) -> dict[str, Any] | None:
+    py = PEERS[which]
+    if not py.exists():
+        print(f"[skip] {which}: {py} missing; run benchmarks/envs/setup_{which}.sh",
+              file=sys.stderr)
+        return None
+    dst = npz.with_suffix(f".{which}.json")
+    env = {**os.environ, "DO_NOT_TRACK": "1", "REPEAT": str(repeat)}
+    runner = ROOT / "benchmarks" / "drift_peers.py"
+    subprocess.run([str(py), str(runner), which, str(npz), str(dst)], check=True, env=env)
+    result: dict[str, Any] = json.loads(dst.read_text())
+    return result
+
+
+def fmt(s: float) -> str:
+    return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def report(ours: dict[str, Any], alibi: dict[str, Any] | None, evid: dict[str, Any] | None,
+           mem: dict[str, Any], repeat: int) -> str:
+    lines = [
+        "# Drift detectors: speed and false alarms beside alibi-detect and Evidently",
+        "",
+        f"`benchmarks/drift_speed.py`, one run, same float32 arrays for everyone; best of {repeat} "
+        f"(median in brackets). N = {N} reference rows, n = {n} window rows, B = {B} permutations, "
+        "Gaussian data with a 0.3σ mean shift in every coordinate. "
+        f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores "
+        "shared with other jobs (expect noise of tens of percent). Peers run in their own "
+        "virtualenvs (alibi-detect 0.13 `backend='pytorch'` on CPU torch; Evidently 0.7).",
+        "",
+        "| test | repwatch | alibi-detect | speed-up |",
+        "| --- | --- | --- | --- |",
+    ]
+
+    def row(label: str, mine: list[float] | float, theirs: list[float] | float | None) -> None:
+        m = min(mine) if isinstance(mine, list) else mine
+        med = f" ({fmt(float(np.median(mine)))})" if isinstance(mine, list) else ""
+        if theirs is None:
+            lines.append(f"| {label} | {fmt(m)}{med} | not run | |")
+            print(f"{label:52s} ours {fmt(m):>10s}")
+            return
+        t = min(theirs) if isinstance(theirs, list) else theirs
+        tmed = f" ({fmt(float(np.median(theirs)))})" if isinstance(theirs, list) else ""
+        lines.append(f"| {label} | {fmt(m)}{med} | {fmt(t)}{tmed} | **{t / m:.1f}×** |")
+        print(f"{label:52s} ours {fmt(m):>10s}  alibi {fmt(t):>10s}  ratio {t / m:7.1f}x")
+
+    a = alibi or {}
+    for d in (64, 384):
+        row(f"MMD permutation test predict, d={d}", ours[f"mmd_{d}"]["predict_s"],
+            a.get(f"mmd_{d}", {}).get("predict_s"))
+        row(f"MMD fit / detector construction, d={d}", ours[f"mmd_{d}"]["init_s"],
+            a.get(f"mmd_{d}", {}).get("init_s"))
+    row("KS predict, d=384", ours["ks"]["predict_s"], a.get("ks", {}).get("predict_s"))
+    row("online MMD ERT calibration (ERT=500, W=50, B=1000, d=64)", ours["online"]["init_s"],
+        a.get("online", {}).get("init_s"))
+    row("online MMD per record, batches of 100", ours["online"]["per_record_batch100_s"],
+        a.get("online", {}).get("per_record_s"))
+    row("online MMD per record, one at a time", ours["online"]["per_record_single_s"],
+        a.get("online", {}).get("per_record_s"))
+    lines += [
+        "",
+        "alibi-detect's online detector only takes one record at a time; both per-record rows "
+        "compare against that.",
+        "",
+        f"## Memory: MMD with a {50_000:,} reference and a {5_000:,} window (d = 64)",
+        "",
+        f"method `{mem['method']}` (random Fourier features, D = 1024, B = 100): fit "
+        f"{fmt(mem['fit_s'])}, predict {fmt(mem['predict_s'])}, **peak RSS "
+        f"{mem['peak_bytes'] / 2**30:.2f} GiB** (whole process, Python and numpy included).",
+        "",
+        f"## False alarms on data without drift ({NODRIFT_TRIALS} seeded pairs, N = {N}, n = {n}, "
+        "d = 64) and time per call",
+        "",
+        "| detector | false-positive rate | flags the 0.3σ shift (d=64 / 384) | time d=64 | "
+        "time d=384 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, fpr in ours["fpr"].items():
+        flags = " / ".join("yes" if f else "no" for f in ours["shift"][name])
+        lines.append(f"| repwatch {name} (α = 0.05) | {fpr:.2f} | {flags} | | |")
+    if evid:
+        for name, r in evid.items():
+            shift = f"{'yes' if r['drift_on_shift_64'] else 'no'} / " \
+                    f"{'yes' if r['drift_on_shift_384'] else 'no'}"
+            lines.append(
+                f"| Evidently `{name}` | {r['fpr']:.2f} ({r['fpr_trials']} trials) | {shift} | "
+                f"{fmt(min(r['time_64_s']))} | {fmt(min(r['time_384_s']))} |"
+            )
+            print(f"evidently {name:22s} fpr {r['fpr']:.2f}  t64 {fmt(min(r['time_64_s']))}  "
+                  f"t384 {fmt(min(r['time_384_s']))}")
+        lines += [
+            "",
+            "Evidently's methods are called directly (`evidently.legacy.metrics.data_drift."
+            "embedding_drift_methods`), the computation its `EmbeddingsDrift` metric runs; "
+            "a full `Report` adds a t-SNE projection for the plot (~14 s here) on top. Defaults "
+            "are absolute thresholds (`model`: ROC AUC > 0.55, `mmd`: MMD² > 0.015, `distance`: "
+            "0.2, `ratio`: 20 % of components); the bootstrap variants compare with a "
+            "reference-only bootstrap (for `mmd` its 5 % quantile).",
+        ]
+    else:
+        lines.append("| Evidently | not run | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip-alibi", action="store_true")
+    ap.add_argument("--skip-evidently", action="store_true")
+    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        memory_child()
+        return
+    data = make_data()
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "drift_arrays.npz"
+        np.savez(npz, **data)
+        alibi = None if args.skip_alibi else run_peer("alibi", npz, args.repeat)
+        evid = None if args.skip_evidently else run_peer("evidently", npz, args.repeat)
+    ours = run_ours(data, args.repeat)
+    mem = json.loads(subprocess.run([sys.executable, __file__, "--memory-child"], check=True,
+                                    capture_output=True, text=True).stdout)
+    text = report(ours, alibi, evid, mem, args.repeat)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "drift_speed.md").write_text(text)
+    (RESULTS / "drift_speed.json").write_text(
+        json.dumps({"repwatch": ours, "alibi": alibi, "evidently": evid, "memory": mem}, indent=1)
+    )
+    print(f"wrote {RESULTS / 'drift_speed.md'}")
+
+
+if __name__ == "__main__":
+    main()
