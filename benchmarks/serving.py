@@ -20,6 +20,7 @@ hey``). Everything binds to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -194,6 +195,11 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, f
     return res
 
 
+def _cpu(stat_path: str) -> float:
+    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # ---- the sidecar as a subprocess ----------------------------------------------------------------
 class Sidecar:
     def __init__(
@@ -251,6 +257,25 @@ class Sidecar:
                 out[key] = float(value)
         return out
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: the event-loop thread, the other threads, child processes."""
+        pid = self.proc.pid
+        out = {"main": 0.0, "threads": 0.0, "producer": 0.0}
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                t = _cpu(f"/proc/{pid}/task/{tid}/stat")
+            except OSError:
+                continue
+            out["main" if int(tid) == pid else "threads"] += t
+        kids: set[str] = set()
+        for tid in os.listdir(f"/proc/{pid}/task"):  # a thread's children are listed under it
+            with contextlib.suppress(OSError):
+                kids.update(Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+        for kid in kids:
+            with contextlib.suppress(OSError):
+                out["producer"] += _cpu(f"/proc/{kid}/stat")
+        return out
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -262,11 +287,11 @@ class Sidecar:
 
 # ---- the runs -----------------------------------------------------------------------------------
 def compare(
-    name: str, model: Path, x: np.ndarray, broker: str, args: Any, workdir: Path
+    name: str, model: Path, x: np.ndarray, broker: localstack.Service, args: Any, workdir: Path
 ) -> dict[str, Any]:
     scripts = bodies(x, workdir, name)
     raw = raw_run(model, x, 3.0)
-    on = Sidecar(model, name, broker, workdir)
+    on = Sidecar(model, name, broker.address, workdir)
     off = Sidecar(model, name, None, workdir)
     url = "/v2/models/" + name + "/infer"
     runs: dict[str, list[dict[str, float]]] = {
@@ -280,9 +305,15 @@ def compare(
             for s, tag in order:
                 runs[f"{tag}_lat"].append(wrk(s.url + url, scripts["bin"], 1, args.duration))
             for s, tag in order:
-                runs[f"{tag}_tp"].append(
-                    wrk(s.url + url, scripts["bin"], args.connections, args.duration)
-                )
+                before = s.cpu()
+                before["broker"] = _cpu(f"/proc/{broker.proc.pid}/stat")
+                res = wrk(s.url + url, scripts["bin"], args.connections, args.duration)
+                after = s.cpu()
+                after["broker"] = _cpu(f"/proc/{broker.proc.pid}/stat")
+                n = res["rps"] * max(1, round(args.duration))
+                for k in after:  # CPU microseconds per request, by where it was spent
+                    res[f"cpu_{k}"] = (after[k] - before[k]) / n * 1e6
+                runs[f"{tag}_tp"].append(res)
             runs["json_tp"].append(
                 wrk(on.url + url, scripts["json"], args.connections, args.duration)
             )
@@ -443,6 +474,29 @@ def render(
             f"| {r['on_tp_p99'] / r['off_tp_p99']:.3f} | {r['json_tp']:.0f}/s | "
             f"{r['json_tp'] / r['on_tp']:.2f} | {r['json_p50']:.3f} ms |"
         )
+    lines += [
+        "",
+        "## Where the CPU goes (µs of CPU per request during the throughput runs, medians)",
+        "",
+        "Measured from `/proc` per thread and process, so it holds even when other work on the "
+        "machine makes throughput noisy. *record thread* = the sidecar's record-building thread "
+        "(plus onnxruntime/uvicorn helpers); *producer* = the kafka-python child process; "
+        "*broker* = Tansu (off: idle).",
+        "",
+        "| model | stream | event loop | record thread | producer process | broker | total |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        for tag in ("on", "off"):
+            vals = [
+                statistics.median(x[f"cpu_{k}"] for x in r["runs"][f"{tag}_tp"])
+                for k in ("main", "threads", "producer", "broker")
+            ]
+            lines.append(
+                f"| {r['name']} | {tag} | "
+                + " | ".join(f"{v:.0f}" for v in vals)
+                + f" | {sum(vals):.0f} |"
+            )
     lines += ["", "Per-round numbers (binary, stream on / off):", ""]
     for r in results:
         for key in ("on_lat", "off_lat", "on_tp", "off_tp", "json_tp"):
@@ -520,7 +574,7 @@ def main() -> int:
     try:
         for name, path, x in models:
             print(f"== {name}", flush=True)
-            res = compare(name, path, x, broker.address, args, workdir)
+            res = compare(name, path, x, broker, args, workdir)
             if name == "cnn100k":
                 res["params"] = params
             results.append(res)
