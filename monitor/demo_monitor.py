@@ -195,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(event, indent=2))
             print(f"webhook deliveries: {[json.loads(b)['type'] for _, b in hooks]}")
             consumer = KafkaConsumer(config.topics.alerts, bootstrap_servers=broker.address,
-                                     auto_offset_reset="earliest", consumer_timeout_ms=3000)
+                                     auto_offset_reset="earliest", consumer_timeout_ms=3000,
+                                     enable_auto_commit=False)
             on_topic = [json.loads(m.value) for m in consumer]
             consumer.close()
             print(f"repwatch.alerts topic: {[(e['type'], e['id']) for e in on_topic]}")

@@ -166,7 +166,8 @@ class Worker:
         for tp in tps:
             self.state.pop(tp, None)
             self.positions.pop(tp, None)
-        log.info("revoked %s", sorted(tps))
+        if tps:
+            log.info("revoked %s", sorted(tps))
         return offsets
 
     # --- the loop ------------------------------------------------------------------------------
