@@ -60,8 +60,9 @@ Array = NDArray[Any]
 
 
 # --- data -------------------------------------------------------------------------------------
-def load_sets(photos: Array | None) -> tuple[dict[str, Array], Array, Array]:
-    """``(sets, X_ref, y_ref)``: evaluation sets of raw pixels (0..16), labelled reference."""
+def load_sets(photos: Array | None) -> tuple[dict[str, Array], Array, Array, Array]:
+    """``(sets, X_ref, y_ref, X_val)``: evaluation sets of raw pixels (0..16), the labelled
+    reference (train split) and the validation split (the logit detectors' reference)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -69,16 +70,17 @@ def load_sets(photos: Array | None) -> tuple[dict[str, Array], Array, Array]:
     meta_path = MODELS / "digits.json"
     if meta_path.exists():
         split = json.loads(meta_path.read_text())["split"]
-        train, test = np.asarray(split["train"]), np.asarray(split["test"])
+        train, val, test = (np.asarray(split[k]) for k in ("train", "val", "test"))
     else:  # same rule as the model build: per class 60/20/20 of digits 0–7
         rng = np.random.default_rng(SEED)
-        train_l, test_l = [], []
+        train_l, val_l, test_l = [], [], []
         for c in range(8):
             idx = rng.permutation(np.flatnonzero(y == c))
             a, b = int(0.6 * len(idx)), int(0.8 * len(idx))
             train_l.append(idx[:a])
+            val_l.append(idx[a:b])
             test_l.append(idx[b:])
-        train, test = np.concatenate(train_l), np.concatenate(test_l)
+        train, val, test = (np.concatenate(v) for v in (train_l, val_l, test_l))
     rng = np.random.default_rng(SEED + 1)
     sets = {
         "id": X[test],
@@ -87,7 +89,7 @@ def load_sets(photos: Array | None) -> tuple[dict[str, Array], Array, Array]:
     }
     if photos is not None:
         sets["photos"] = photos
-    return sets, X[train], y[train]
+    return sets, X[train], y[train], X[val]
 
 
 def representations(X_ref: Array, sets: dict[str, Array]) -> dict[str, Callable[[Array], Array]]:
@@ -207,7 +209,7 @@ SAME_METHOD = {
 
 def quality(peer_ok: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     photos = photo_patches(peer_ok)
-    sets, X_ref, y_ref = load_sets(photos)
+    sets, X_ref, y_ref, X_val = load_sets(photos)
     reps = representations(X_ref, sets)
     names = list(sets)
     sizes = np.cumsum([0] + [len(sets[s]) for s in names])
@@ -216,8 +218,11 @@ def quality(peer_ok: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     peer_in: dict[str, Array] = {}
     ours: dict[tuple[str, str], Array] = {}
     feats: dict[str, tuple[Array, Array]] = {}
+    fitted: dict[str, dict[str, Any]] = {}
     for rep, f in reps.items():
-        Z_ref = f(X_ref)
+        # The classifier was trained on the train split, whose logits are over-confident:
+        # logit scores calibrate on the validation split it never fitted.
+        Z_ref = f(X_val if rep == "logits" else X_ref)
         Z_eval = f(np.vstack([sets[s] for s in names]))
         feats[rep] = (Z_ref, Z_eval)
         dets = LOGIT_DETECTORS if rep == "logits" else EMBEDDING_DETECTORS
@@ -231,6 +236,8 @@ def quality(peer_ok: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 continue
             scores = det.score(Z_eval)
             ours[(rep, dname)] = scores
+            if "no shrinkage" in dname:
+                fitted.setdefault(dname, {})[rep] = det
             rows.append(
                 {
                     "rep": rep,
@@ -279,7 +286,17 @@ def quality(peer_ok: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                     scale = {"1": 1.0, "N": float(n_fit), "2N": 2.0 * n_fit}[factor]
                     o = ours[(rep, ours_name)]
                     diff = np.abs(o - scale * p)
+                    ridge_rel = None
+                    if ours_name in fitted:
+                        Z_ref, Z_eval = feats[rep]
+                        twin = _with_peer_ridge(
+                            fitted[ours_name][rep], Z_ref[fit_idx], y_ref[fit_idx]
+                        ).score(Z_eval)
+                        ridge_rel = float(
+                            (np.abs(twin - scale * p) / np.maximum(np.abs(twin), 1e-12)).max()
+                        )
                     agreement[f"{rep} / {ours_name}"] = {
+                        "ridge_rel": ridge_rel,
                         "peer": label,
                         "factor": factor,
                         "max_abs": float(diff.max()),
@@ -291,11 +308,32 @@ def quality(peer_ok: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         "sets": {s: len(sets[s]) for s in names},
         "n_ref": len(X_ref),
         "n_fit": len(fit_idx),
+        "n_val": len(X_val),
         "reps": list(reps),
         "agreement": agreement,
         "k_sweep": sweep,
         "peer": peer is not None,
     }
+
+
+def _with_peer_ridge(det: Any, Z_fit: Array, y_fit: Array) -> Any:
+    """A copy of a fitted no-shrinkage (relative) Mahalanobis with pytorch-ood's ridge added.
+
+    pytorch-ood inverts ``sum of outer products + 1e-6 I``, i.e. ``Sigma + 1e-6/N I``; with this
+    ridge repwatch's fit is the same function, which isolates the ridge as the only difference.
+    """
+    from detectors.ood._gaussian import class_stats, scaled_covariance, whitener
+
+    twin = type(det).from_state(*det.get_state())
+    n = Z_fit.shape[0]
+    _, means, resid = class_stats(Z_fit, y_fit)
+    twin.whitener_ = whitener(scaled_covariance(resid, 1.0, 1e-6 / n), n)
+    twin.means_white_ = (means - twin.center_) @ twin.whitener_
+    twin.means_sq_ = np.einsum("ij,ij->i", twin.means_white_, twin.means_white_)
+    if isinstance(twin, RelativeMahalanobisDetector):
+        _, _, resid0 = class_stats(Z_fit, None)
+        twin.background_whitener_ = whitener(scaled_covariance(resid0, 1.0, 1e-6 / n), n)
+    return twin
 
 
 def _metrics(scores: Array, names: list[str], sizes: Array) -> dict[str, Any]:
@@ -397,6 +435,63 @@ def _with(det: KNNDetector, **params: Any) -> tuple[dict[str, Array], dict[str, 
 
 
 # --- report -----------------------------------------------------------------------------------
+def summary(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any]) -> list[str]:
+    """The issue's targets, met or not, computed from this run."""
+    ours = {(r["rep"], r["detector"]): r for r in rows if r.get("impl") == "repwatch"}
+    L = ["## Against the targets", ""]
+    ssl = ours.get(("SSL embedding", "knn"))
+    raw = ours[("raw pixels", "knn")]
+    if ssl is not None and "far (all)" in ssl:
+        far = ssl["far (all)"][0]
+        L.append(
+            f"- kNN (k={K}) on the SSL embedding, far OOD: AUROC {far:.3f} (target ≥ 0.95: "
+            f"{'met' if far >= 0.95 else 'NOT met'}); raw pixels {raw['far (all)'][0]:.3f}."
+        )
+        L.append(
+            f"- kNN (k={K}) on held-out digits 8–9: SSL embedding AUROC "
+            f"{ssl['digits 8-9'][0]:.3f} / FPR95 {ssl['digits 8-9'][1]:.3f}, raw pixels "
+            f"{raw['digits 8-9'][0]:.3f} / {raw['digits 8-9'][1]:.3f}: on digits the SSL "
+            "embedding is no better than the pixels for kNN."
+        )
+    elif ssl is None:
+        L.append("- The bundled digits models are absent: no SSL-embedding rows in this run.")
+    best = max((r for r in ours.values() if "digits 8-9" in r), key=lambda r: r["digits 8-9"][0])
+    L.append(
+        f"- Best near-OOD (digits 8–9) AUROC among repwatch's a-priori configurations: "
+        f"{best['digits 8-9'][0]:.3f} ({best['detector']} on {best['rep']})."
+    )
+    med, bst = sp["median_s"], sp["min_s"]
+    blk, one = "matmul (kNN's blocks and threads)", "matmul (one call)"
+    r_blk = (med[blk] / med["knn score"], bst[blk] / bst["knn score"])
+    r_one = (med[one] / med["knn score"], bst[one] / bst["knn score"])
+    ok = min(r_blk) >= 0.7
+    L.append(
+        f"- kNN scoring speed: {r_blk[0]:.2f} (median) / {r_blk[1]:.2f} (best) of the "
+        f"throughput of the same matrix product computed in kNN's blocks and threads, "
+        f"{r_one[0]:.2f} / {r_one[1]:.2f} of one `Q @ R.T` call (target ≥ 0.70: "
+        f"{'met' if ok else 'NOT met against both'})."
+    )
+    for name in ("mahalanobis score", "energy score"):
+        rate = sp["n_records"] / med[name]
+        L.append(
+            f"- {name}: {rate:,.0f} records/s median (target ≥ 200,000: "
+            f"{'met' if rate >= 200_000 else 'NOT met'})."
+        )
+    if info["agreement"]:
+        same = [a for a in info["agreement"].values() if a["factor"] == "1"]
+        ridge = [a["ridge_rel"] for a in info["agreement"].values() if a["ridge_rel"] is not None]
+        L.append(
+            f"- Agreement with pytorch-ood where the method is the same: kNN and logit scores "
+            f"within {max(a['max_abs'] for a in same):.1e} (absolute); Mahalanobis/RMD within "
+            f"{max(ridge):.1e} (relative) once pytorch-ood's 1e-6 ridge is applied to ours "
+            "(without it, up to "
+            f"{max(a['max_over_range'] for a in info['agreement'].values()):.1e} of the score "
+            "range)."
+        )
+    L.append("")
+    return L
+
+
 def report(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any]) -> str:
     L: list[str] = ["# OOD detectors: quality and speed", ""]
     L.append(
@@ -406,10 +501,17 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any])
         f"(load average {os.getloadavg()[0]:.1f} at the end); numpy {np.__version__}."
     )
     L.append("")
+    L += summary(rows, info, sp)
     L.append(
         f"Reference: digits 0–7 train split ({info['n_ref']} rows with labels; repwatch fits "
         f"on {info['n_fit']} and calibrates on the rest, pytorch-ood fits on the same "
-        f"{info['n_fit']}). Evaluation: "
+        f"{info['n_fit']}). Logit scores are calibrated on the validation split of digits 0–7 "
+        f"({info['n_val']} rows), which the classifier never fitted (its train-split logits are "
+        "over-confident and would set too strict a threshold). Representations: raw pixels "
+        "(0..16), a 16-component PCA of them fitted on the reference, and the bundled ONNX "
+        "digits model's SSL embedding (32-d), classifier penultimate features (32-d) and "
+        "logits (8). Far OOD: uniform-noise images and 8×8 patches of scikit-learn's two "
+        "sample photos (downsampled 4×, min-max scaled to 0..16). Evaluation: "
         + ", ".join(f"{k} ({v})" for k, v in info["sets"].items())
         + ". AUROC with OOD as positive; FPR95 = share of in-distribution test records "
         "flagged at the threshold that catches 95 % of the OOD set (lower is better). "
@@ -422,7 +524,8 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any])
     cols = ood_sets + (["far (all)"] if len(ood_sets) > 1 else [])
     head = "| representation | detector | " + " | ".join(f"{c} AUROC / FPR95" for c in cols)
     L += [head + " | ID flagged |", "|" + "---|" * (len(cols) + 3)]
-    for r in rows:
+    order = {rep: i for i, rep in enumerate(info["reps"])}
+    for r in sorted(rows, key=lambda r: (order[r["rep"]], r.get("impl") == "pytorch-ood")):
         if "error" in r:
             L.append(
                 f"| {r['rep']} | {r['detector']} | "
@@ -442,17 +545,22 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any])
             "*sum* of centred outer products plus a 1e-6 ridge and reports half the squared "
             "distance, RMD the same sums; repwatch uses the covariance (divided by N) and the "
             "full squared distance, so its scores equal 2N× (Mahalanobis) and N× (RMD) "
-            "pytorch-ood's. repwatch's kNN reference is stored in float32.",
+            "pytorch-ood's up to that ridge (`Sigma + 1e-6/N I`); the 'with ridge' column adds "
+            "the same ridge to repwatch's fit, leaving only floating-point differences. "
+            "repwatch's kNN reference is stored in float32. Singular covariances (constant "
+            "pixels, dead ReLU units) make repwatch's no-shrinkage fit refuse (see the table "
+            "above), so those rows are absent.",
             "",
             "| representation / detector | pytorch-ood | factor | max abs diff | max rel diff "
-            "| max abs diff / score range | score range |",
-            "|---|---|---|---|---|---|---|",
+            "| max abs diff / score range | max rel diff, with ridge | score range |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for key, a in info["agreement"].items():
             L.append(
                 f"| {key} | {a['peer']} | {a['factor']} | {a['max_abs']:.2e} | "
                 f"{a['max_rel']:.2e} | {a['max_over_range']:.2e} | "
-                f"{a['score_range'][0]:.3g} … {a['score_range'][1]:.3g} |"
+                + (f"{a['ridge_rel']:.2e}" if a["ridge_rel"] is not None else "—")
+                + f" | {a['score_range'][0]:.3g} … {a['score_range'][1]:.3g} |"
             )
         L.append("")
     med, best = sp["median_s"], sp["min_s"]
@@ -522,6 +630,28 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any])
                 + " |"
             )
         L.append("")
+    L += [
+        "## Notes",
+        "",
+        "- Exact kNN is bound by the matrix product: at 10k reference rows a batch of 1,000 "
+        "records costs a few tens of ms. No approximate index is bundled; one (e.g. faiss "
+        "IVF/HNSW, on this machine's local index as `faiss-cpu`) would only pay off well beyond "
+        "~100k reference rows and was not evaluated here.",
+        "- The 'matmul in kNN's blocks' baseline runs the same product in the same row blocks "
+        "and threads (single-threaded BLAS per block, blocks in parallel), without the "
+        "selection: it is the honest roofline. On this shared machine it beats one "
+        "multi-threaded `Q @ R.T` call, whose two BLAS threads wait for each other.",
+        "- Relative Mahalanobis by design ignores directions in which the classes do not "
+        "differ; on raw pixels it is the weakest far-OOD detector. Plain Mahalanobis (no "
+        "labels) is weak on near OOD everywhere: use labels when the reference has them.",
+        "- The classifier is confident on many noise images: logit scores (energy, max-logit) "
+        "miss far OOD that the embedding detectors catch.",
+        "- `ID flagged` rests on 289 records; the calibration tests "
+        "(`tests/detectors/ood/test_ood_calibration.py`) check the ±1 pp target on 10,000.",
+        "- The photo patches are decoded with Pillow in the pytorch-ood environment: "
+        "repwatch's environment has no Pillow.",
+        "",
+    ]
     return "\n".join(L)
 
 
