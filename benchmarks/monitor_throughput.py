@@ -201,7 +201,7 @@ def latency(cfg: Config, refs: dict[str, Any], broker: str, topic: str, rate: fl
     w = Worker(cfg, CollectorRegistry(), references=refs, consumer_settings=TIMEOUTS)
     lat: list[float] = []
     alert_at: list[float] = []
-    inner_run, inner_alert = w._run_pipeline, w._alert
+    inner_run, inner_alert = w._run_pipeline, w.alerter.emit
 
     def timed_run(pipe: Any, recs: list[R.Record]) -> None:
         inner_run(pipe, recs)
@@ -212,7 +212,8 @@ def latency(cfg: Config, refs: dict[str, Any], broker: str, topic: str, rate: fl
         alert_at.append(time.time())
         inner_alert(f)
 
-    w._run_pipeline, w._alert = timed_run, timed_alert  # type: ignore[method-assign]
+    w._run_pipeline = timed_run  # type: ignore[method-assign]
+    w.alerter.emit = timed_alert  # type: ignore[method-assign]
     w.start()
     while not w.consumer.assignment():  # type: ignore[union-attr]
         w.step(0.1)
@@ -271,6 +272,7 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--latency-rate", type=float, default=2000.0)
     ap.add_argument("--latency-only", action="store_true", help="only the latency run; print")
+    ap.add_argument("--out", type=Path, default=OUT, help="results file (markdown)")
     ap.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
@@ -339,8 +341,8 @@ def main() -> None:
         lines = report(args, results, ceil, lat, rss, mmd_test)
     finally:
         broker.stop()
-    OUT.write_text("\n".join(lines) + "\n")
-    print(OUT.read_text())
+    args.out.write_text("\n".join(lines) + "\n")
+    print(args.out.read_text())
 
 
 def report(args: Any, results: dict[str, Any], ceil: dict[str, float], lat: dict[str, Any],
@@ -349,7 +351,9 @@ def report(args: Any, results: dict[str, Any], ceil: dict[str, float], lat: dict
     out = [
         "# Monitor worker throughput",
         "",
-        f"`benchmarks/monitor_throughput.py --records {args.records}`, "
+        f"`benchmarks/monitor_throughput.py --records {args.records}`"
+        + (f" (PYTHONPATH={os.environ['PYTHONPATH']})" if os.environ.get("PYTHONPATH") else "")
+        + ", "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs **shared with other jobs (load average {load:.1f} at the end)**, "
         f"Python {platform.python_version()}, numpy {np.__version__}, kafka-python, Tansu broker "

@@ -33,13 +33,13 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from monitor import records as R
-from monitor.alerts import Finding, encode_event, kafka_headers, to_cloudevent
+from monitor.alerting import Alerter
 from monitor.checkpoint import CheckpointStore, ModelCheckpoint, ReferenceOverrides
-from monitor.config import Config, ModelConfig, read_secret
+from monitor.config import Config, ModelConfig
 from monitor.kafka_io import TP, Batch, Consumer, Producer
 from monitor.pipeline import Pipeline
 from monitor.reference import ReferenceSet, detector_ids, load_reference
-from monitor.sinks import AlertLedger, Webhook, WebhookDispatcher
+from monitor.sinks import AlertLedger
 from monitor.telemetry import MonitorMetrics
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Worker:
         ckpt_dir = Path(config.monitor.checkpoint_dir)
         self.store = CheckpointStore(ckpt_dir)
         self.ledger = AlertLedger(ckpt_dir / "alerts")
+        self.alerter = Alerter(config, self.ledger, self.metrics)
         self.overrides = ReferenceOverrides(ckpt_dir)
         self.models_cfg = {m.name: m for m in config.models}
         self.references = references or self._load_references()
@@ -86,7 +87,6 @@ class Worker:
         self._producer_settings = producer_settings or {}
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
-        self.webhooks: WebhookDispatcher | None = None
         self._last_ckpt = self._last_lag = time.monotonic()
 
     # --- setup ---------------------------------------------------------------------------------
@@ -109,15 +109,7 @@ class Worker:
     def start(self) -> None:
         c = self.cfg
         self.producer = Producer(c.kafka, **self._producer_settings)
-        hooks = [
-            Webhook(w.url, read_secret(w.secret), w.timeout_seconds, w.max_retries,
-                    w.deadline_seconds)
-            for w in c.alerts.webhooks
-        ]
-        self.webhooks = WebhookDispatcher(hooks, self._delivery_result)
-        for key, event, sinks in self.ledger.pending():
-            log.info("re-sending alert %s claimed before a restart to %s", key, sinks)
-            self._dispatch(key, event, sinks)
+        self.alerter.start(self.producer)
         settings = {
             "session_timeout_ms": c.monitor.session_timeout_ms,
             "heartbeat_interval_ms": c.monitor.heartbeat_interval_ms,
@@ -289,7 +281,7 @@ class Worker:
             self.metrics.observe(pipe.model, pipe.version, obs)
         t = self._time("metrics", t)
         for f in report.findings:
-            self._alert(f)
+            self.alerter.emit(f)
         self._time("alerts", t)
 
     # --- outputs -------------------------------------------------------------------------------
@@ -303,39 +295,6 @@ class Worker:
              f"{batch.topics[i]}/{batch.partitions[i]}/{batch.offsets[i]}".encode()),
         ]
         self.producer.send(self.cfg.topics.dlq, batch.values[i], batch.keys[i], headers)
-
-    def _alert(self, f: Finding) -> None:
-        if not f.alert:
-            return
-        event = to_cloudevent(f, self.cfg.alerts.source)
-        key = event["id"]
-        sinks = (["kafka"] if self.cfg.alerts.kafka else []) + [
-            h.sink for h in (self.webhooks.webhooks if self.webhooks else [])
-        ]
-        if not self.ledger.claim(key, event, sinks):
-            self.metrics.alerts_duplicate.labels(f.model, f.kind).inc()
-            log.info("alert %s (%s %s window %s) was sent before; not sent again", key, f.model,
-                     f.detector, f.window)
-            return
-        self.metrics.alerts.labels(f.model, f.kind).inc()
-        log.warning("ALERT %s model=%s version=%s detector=%s statistic=%.4g window=%s", f.kind,
-                    f.model, f.model_version, f.detector, f.statistic, f.window)
-        self._dispatch(key, event, sinks)
-
-    def _dispatch(self, key: str, event: dict[str, Any], sinks: list[str]) -> None:
-        if "kafka" in sinks and self.producer is not None:
-            self.producer.send(
-                self.cfg.topics.alerts, encode_event(event), str(event["subject"]).encode(),
-                kafka_headers(event), on_success=lambda: self._delivery_result(key, "kafka",
-                                                                               "delivered"),
-            )
-        if self.webhooks is not None:
-            self.webhooks.submit(key, event, sinks)
-
-    def _delivery_result(self, key: str, sink: str, outcome: str) -> None:
-        self.metrics.deliveries.labels(sink.split(":", 1)[0], outcome).inc()
-        if outcome in ("delivered", "rejected"):
-            self.ledger.delivered(key, sink)
 
     # --- checkpoint and commit -----------------------------------------------------------------
     def checkpoint_and_commit(self, tps: list[TP] | None = None) -> None:
@@ -376,8 +335,7 @@ class Worker:
         try:
             self.checkpoint_and_commit()
         finally:
-            if self.webhooks is not None:
-                self.webhooks.close(timeout=5.0)
+            self.alerter.close(timeout=5.0)
             if self.producer is not None:
                 self.producer.flush()
                 self.producer.close()

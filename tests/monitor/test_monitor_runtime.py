@@ -53,6 +53,7 @@ def make_worker(tmp_path: Path):
     def make() -> Worker:
         w = Worker(cfg)
         w.producer, w.consumer = FakeProducer(), FakeConsumer()  # type: ignore[assignment]
+        w.alerter.producer = w.producer
         return w
 
     return make
