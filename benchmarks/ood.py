@@ -464,12 +464,15 @@ def summary(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any]
     blk, one = "matmul (kNN's blocks and threads)", "matmul (one call)"
     r_blk = (med[blk] / med["knn score"], bst[blk] / bst["knn score"])
     r_one = (med[one] / med["knn score"], bst[one] / bst["knn score"])
-    ok = min(r_blk) >= 0.7
+
+    def verdict(r: tuple[float, float]) -> str:
+        return "met" if min(r) >= 0.7 else ("met at best only" if max(r) >= 0.7 else "NOT met")
+
     L.append(
-        f"- kNN scoring speed: {r_blk[0]:.2f} (median) / {r_blk[1]:.2f} (best) of the "
-        f"throughput of the same matrix product computed in kNN's blocks and threads, "
-        f"{r_one[0]:.2f} / {r_one[1]:.2f} of one `Q @ R.T` call (target ≥ 0.70: "
-        f"{'met' if ok else 'NOT met against both'})."
+        f"- kNN scoring throughput (target ≥ 0.70 of the bare product): {r_blk[0]:.2f} "
+        f"(median) / {r_blk[1]:.2f} (best) of the same product computed in kNN's own blocks "
+        f"and threads ({verdict(r_blk)}); {r_one[0]:.2f} / {r_one[1]:.2f} of one `Q @ R.T` "
+        f"call ({verdict(r_one)})."
     )
     for name in ("mahalanobis score", "energy score"):
         rate = sp["n_records"] / med[name]
