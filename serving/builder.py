@@ -34,11 +34,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class InferenceItem:
+    """What a record needs from one infer call: only references, no copies. Other outputs are
+    not kept, so a full queue holds ~1 KB a record for a small model."""
+
     model: ServedModel
     record_id: str
     ts: int
-    inference: Inference
+    inputs: NDArray[Any]
+    embeddings: NDArray[Any] | None
+    logits: NDArray[Any] | None
     client_id: str | None
+
+    @classmethod
+    def of(
+        cls, model: ServedModel, record_id: str, ts: int, inf: Inference, client: str | None
+    ) -> InferenceItem:
+        return cls(model, record_id, ts, inf.inputs, inf.embeddings, inf.logits, client)
 
 
 @dataclass(slots=True)
@@ -121,7 +132,7 @@ class RecordBuilder:
 
     # ---- expanding items into rows -------------------------------------------------------
     def _expand(self, item: InferenceItem, rows: list[Any]) -> None:
-        inf = item.inference
+        inf = item
         n = inf.inputs.shape[0] if inf.inputs.ndim else 1
         ids = row_ids(item.record_id, n)
         for i, rid in enumerate(ids):

@@ -139,6 +139,7 @@ class Sidecar:
             self.stream.close(self.config.serving.flush_timeout_seconds)
         for m in self.models.values():
             m.close()
+        log.info("serving sidecar stopped")
 
     async def aclose(self) -> None:
         await self.tap.aclose()

@@ -149,7 +149,9 @@ class SidecarApp:
                 model.name, model.version, req.id, inference.outputs, {"record_id": record_id}
             )
             n = inference.inputs.shape[0] if inference.inputs.ndim else 1
-            item = InferenceItem(model, record_id, time.time_ns() // 1_000_000, inference, client)
+            item = InferenceItem.of(
+                model, record_id, time.time_ns() // 1_000_000, inference, client
+            )
             side.enqueue(item, n)
             headers = [(self._record_header, record_id.encode())]
         else:
