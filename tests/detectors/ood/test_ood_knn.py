@@ -86,3 +86,14 @@ def test_further_from_the_reference_scores_higher() -> None:
 def test_k_larger_than_reference_names_the_fix() -> None:
     with pytest.raises(ValueError, match="lower k"):
         KNNDetector(k=50).fit(np.random.default_rng(0).normal(size=(40, 4)))
+
+
+def test_without_threadpoolctl_blocks_run_serially(monkeypatch: pytest.MonkeyPatch) -> None:
+    import detectors.ood._blocks as blocks
+
+    rng = np.random.default_rng(8)
+    X, Q = rng.normal(size=(2000, 16)), rng.normal(size=(600, 16))
+    det = KNNDetector(k=5, block_bytes=1 << 12, n_jobs=2).fit(X)
+    threaded = det.score(Q)
+    monkeypatch.setattr(blocks, "single_threaded_blas", lambda: None)
+    np.testing.assert_allclose(det.score(Q), threaded, rtol=1e-12)
