@@ -84,9 +84,15 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+try:  # optional: ~3x faster parsing of large JSON tensors; same results
+    from orjson import loads as _json_loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _json_loads = json.loads
+
+
 def _loads(raw: bytes | memoryview, what: str) -> Any:
     try:
-        return json.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
+        return _json_loads(bytes(raw) if isinstance(raw, memoryview) else raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise OIPError(f"malformed JSON in {what}: {exc}") from None
 
