@@ -139,17 +139,26 @@ class KSDrift(DriftDetector):
         return out
 
     def _distances(self, Y: FloatArray) -> FloatArray:
-        """KS distance ``sup_z |F_ref(z) - F_test(z)|`` of every column."""
+        """KS distance ``sup_z |F_ref(z) - F_test(z)|`` of every column.
+
+        Between two test points F_test is flat and F_ref only grows, so the sup is reached at a
+        test point, from the right or from the left: two binary searches of the n test values
+        in the sorted reference per column (no search of the N reference values).
+        """
         ref = self.ref_sorted_
         test = np.sort(self._project(Y), axis=0)
         N, n = ref.shape[0], test.shape[0]
+        ties = (test[1:] == test[:-1]).any(axis=0)
+        below, upto = np.arange(n) / n, np.arange(1, n + 1) / n  # F_test left/right, no ties
         out = np.empty(ref.shape[1])
         for j in range(ref.shape[1]):
             r, t = ref[:, j], test[:, j]
-            # Both ECDFs are right-continuous steps: the sup is reached at a sample point.
-            at_t = np.searchsorted(r, t, "right") / N - np.searchsorted(t, t, "right") / n
-            at_r = np.searchsorted(r, r, "right") / N - np.searchsorted(t, r, "right") / n
-            out[j] = max(np.abs(at_t).max(), np.abs(at_r).max())
+            lo, hi = below, upto
+            if ties[j]:
+                lo, hi = np.searchsorted(t, t, "left") / n, np.searchsorted(t, t, "right") / n
+            right = np.abs(np.searchsorted(r, t, "right") / N - hi).max()
+            left = np.abs(np.searchsorted(r, t, "left") / N - lo).max()
+            out[j] = max(right, left)
         return out
 
     def _effective_n(self, n: int) -> float:

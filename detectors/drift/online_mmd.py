@@ -8,7 +8,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detectors.base import Detector, check_array, register
-from detectors.drift.base import FloatArray, OnlineDriftResult, gaussian_kernel, resolve_bandwidth
+from detectors.drift.base import (
+    FloatArray,
+    OnlineDriftResult,
+    gaussian_kernel,
+    resolve_bandwidth,
+    small_blas,
+)
 
 #: Bootstrap samples processed per vectorised chunk during calibration (bounds memory).
 _CHUNK = 200
@@ -190,21 +196,9 @@ class OnlineMMDDrift(Detector):
         """Feed records in arrival order; one statistic and threshold per record."""
         self._check_fitted()
         X = check_array(X, name="X", dim=self.n_features_in_)
-        W, bw = self.window_size, self.bandwidth_
-        stats = np.empty(X.shape[0])
-        for lo in range(0, X.shape[0], _STEP_CHUNK):
-            new = X[lo : lo + _STEP_CHUNK]
-            m = new.shape[0]
-            Z = np.vstack([self.window_, new])
-            c = np.concatenate([self.window_kxy_, gaussian_kernel(self.x_ref_, new, bw).mean(0)])
-            G = gaussian_kernel(Z, Z, bw)
-            np.fill_diagonal(G, 0.0)
-            starts = np.arange(1, m + 1)
-            pairs = _block_sums(_prefix2d(G), starts, W)
-            cc = np.concatenate([[0.0], c.cumsum()])
-            kxy = (cc[starts + W] - cc[starts]) / W
-            stats[lo : lo + m] = self.kxx_term_ + pairs / (W * (W - 1)) - 2.0 * kxy
-            self.window_, self.window_kxy_ = Z[-W:].copy(), c[-W:].copy()
+        with small_blas():
+            stats = self._advance(X)
+        W = self.window_size
         times = self.t_ + 1 + np.arange(X.shape[0])
         thresholds = self.thresholds_[np.minimum(times, W)]
         hits = np.flatnonzero(stats > thresholds)
@@ -224,3 +218,22 @@ class OnlineMMDDrift(Detector):
             window_size=W,
             test=self.name,
         )
+
+    def _advance(self, X: FloatArray) -> FloatArray:
+        """Slide the window over ``X``; the MMD² after each record."""
+        W, bw = self.window_size, self.bandwidth_
+        stats = np.empty(X.shape[0])
+        for lo in range(0, X.shape[0], _STEP_CHUNK):
+            new = X[lo : lo + _STEP_CHUNK]
+            m = new.shape[0]
+            Z = np.vstack([self.window_, new])
+            c = np.concatenate([self.window_kxy_, gaussian_kernel(self.x_ref_, new, bw).mean(0)])
+            G = gaussian_kernel(Z, Z, bw)
+            np.fill_diagonal(G, 0.0)
+            starts = np.arange(1, m + 1)
+            pairs = _block_sums(_prefix2d(G), starts, W)
+            cc = np.concatenate([[0.0], c.cumsum()])
+            kxy = (cc[starts + W] - cc[starts]) / W
+            stats[lo : lo + m] = self.kxx_term_ + pairs / (W * (W - 1)) - 2.0 * kxy
+            self.window_, self.window_kxy_ = Z[-W:].copy(), c[-W:].copy()
+        return stats

@@ -110,3 +110,13 @@ def test_errors_name_the_problem() -> None:
         KSDrift(n_components=5).fit(rng.normal(size=(50, 2)))
     with pytest.raises(ValueError, match="alpha"):
         KSDrift(alpha=1.5).fit(rng.normal(size=(50, 2)))
+
+
+def test_distances_with_heavy_ties_match_scipy() -> None:
+    rng = np.random.default_rng(8)
+    for _ in range(100):
+        N, n = rng.integers(2, 30, size=2)
+        X = rng.integers(0, 5, size=(N, 3)).astype(float)
+        Y = rng.integers(0, 5, size=(n, 3)).astype(float)
+        expected = [stats.ks_2samp(X[:, j], Y[:, j]).statistic for j in range(3)]
+        np.testing.assert_allclose(KSDrift().fit(X)._distances(Y), expected, rtol=1e-12)
