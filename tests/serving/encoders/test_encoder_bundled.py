@@ -29,6 +29,8 @@ def test_files_are_small_and_match_the_metadata() -> None:
         data = path.read_bytes()
         assert len(data) < 2 * 1024 * 1024
         assert hashlib.sha256(data).hexdigest() == meta["models"][path.name]["sha256"]
+        # No build-machine paths or stack traces: rebuilds from any checkout are byte-identical.
+        assert b"stack_trace" not in data and b"serving/encoders/nets.py" not in data
     assert "python -m serving.encoders.build_digits" in DIGITS_CARD.read_text()
     assert meta["input"] == {
         "name": "input", "dtype": "float32", "shape": ["batch", 64],

@@ -45,6 +45,7 @@ def test_tabular_export_matches_torch_for_any_batch(tabular_run: tuple, tabular_
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
     assert [o.name for o in model.graph.output] == ["embedding"]
     assert [i.name for i in model.graph.input] == ["input"]
+    assert not any(len(node.metadata_props) for node in model.graph.node)
     runner = OnnxEncoder(tabular_onnx)
     assert runner.input_shape[1:] == [7] and not isinstance(runner.input_shape[0], int)
     for n in (1, 2, 37, 120):
