@@ -274,7 +274,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=60_000)
     ap.add_argument("--latency-seconds", type=float, default=20.0)
-    ap.add_argument("--latency-rate", type=float, default=2000.0)
+    ap.add_argument("--latency-rate", type=float, default=2000.0, help="--latency-only rate")
+    ap.add_argument("--latency-rates", default="1000,2000", help="rates of the latency runs")
     ap.add_argument("--latency-only", action="store_true", help="only the latency run; print")
     ap.add_argument("--out", type=Path, default=OUT, help="results file (markdown)")
     ap.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
@@ -332,7 +333,7 @@ def main() -> None:
                 lat_cfg = make_config(broker.address, lat_topic, Path(tempfile.mkdtemp()),
                                       ["digits"], knn_ref, tmp / "unused", crc)
                 lats = []
-                for k in range(2):
+                for k, lrate in enumerate(float(x) for x in args.latency_rates.split(",")):
                     lat_cfg = lat_cfg.model_copy(update={
                         "topics": lat_cfg.topics.model_copy(
                             update={"records": f"{lat_topic}.{k}"}),
@@ -340,10 +341,9 @@ def main() -> None:
                             "checkpoint_dir": Path(tempfile.mkdtemp()),
                             "group_id": f"g-{lat_topic}.{k}"})})
                     lats.append(latency(lat_cfg, refs, broker.address, f"{lat_topic}.{k}",
-                                        args.latency_rate, args.latency_seconds))
+                                        lrate, args.latency_seconds))
+                    lats[-1]["rate"] = lrate
                     print("latency", lats[-1], flush=True)
-                lat = min(lats, key=lambda r: r["p95"])
-                lat["other_p95"] = max(r["p95"] for r in lats)
                 ref_dir = save_reference(refs["digits"], tmp / "ref10k")
                 mmd = refs["digits"].detectors["drift.mmd"]
                 times = []
@@ -358,15 +358,15 @@ def main() -> None:
         )
         rss = __import__("json").loads(child.stdout.strip().splitlines()[-1])
         print("rss", rss, flush=True)
-        lines = report(args, results, ceil, lat, rss, mmd_test)
+        lines = report(args, results, ceil, lats, rss, mmd_test)
     finally:
         broker.stop()
     args.out.write_text("\n".join(lines) + "\n")
     print(args.out.read_text())
 
 
-def report(args: Any, results: dict[str, Any], ceil: dict[str, float], lat: dict[str, Any],
-           rss: dict[str, Any], mmd_test: float) -> list[str]:
+def report(args: Any, results: dict[str, Any], ceil: dict[str, float],
+           lats: list[dict[str, Any]], rss: dict[str, Any], mmd_test: float) -> list[str]:
     load = os.getloadavg()[0]
     out = [
         "# Monitor worker throughput",
@@ -430,20 +430,27 @@ def report(args: Any, results: dict[str, Any], ceil: dict[str, float], lat: dict
         "",
         "## Latency (worker caught up, producer process at a fixed rate)",
         "",
-        f"{lat['n']:,} records at {args.latency_rate:,.0f} rec/s for {args.latency_seconds:.0f} s "
-        "(full scenario detectors), produce (record timestamp) → its metrics updated: "
-        f"p50 **{lat['p50']:.0f} ms**, p95 **{lat['p95']:.0f} ms**, p99 {lat['p99']:.0f} ms, "
-        f"max {lat['max']:.0f} ms (target p95 ≤ 2,000 ms); best of 2 runs by p95, the other "
-        f"run's p95: {lat['other_p95']:.0f} ms.",
+        f"Full-scenario detectors, {args.latency_seconds:.0f} s per rate, the second half "
+        "shifted by +0.5 per dimension. Latency = record timestamp at the producer → the "
+        "worker has run it through every detector and updated its metrics (target p95 ≤ "
+        "2,000 ms).",
         "",
-        "First shifted record (+0.5 per dimension) produced → alert raised, per detector: "
-        + ", ".join(f"`{d}` " + ("no alert" if v is None else f"**{v:.1f} s**")
-                    for d, v in lat["alert_delay"].items())
-        + f". The MMD window is tested every 5 s of event time, so up to 5 s of its delay is "
-        f"the test cadence. Alerts before the shift (false alarms): {lat['false_alarms']} — the "
-        "online MMD is calibrated to an expected run time of 5,000 records, i.e. one false alarm "
-        "every ~2.5 s at 2,000 rec/s; a production setting needs a far larger ERT (and "
-        "n_bootstraps ≥ ERT), and while an episode is open a new alert is suppressed.",
+        "| rate rec/s | records | p50 ms | p95 ms | p99 ms | max ms | alert delay after the "
+        "shift: drift.mmd / drift.mmd_online / ood.knn | false alarms before the shift |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lat in lats:
+        delays = " / ".join("none" if v is None else f"{v:.1f} s"
+                            for v in lat["alert_delay"].values())
+        out.append(f"| {lat['rate']:,.0f} | {lat['n']:,} | {lat['p50']:.0f} | {lat['p95']:.0f} "
+                   f"| {lat['p99']:.0f} | {lat['max']:.0f} | {delays} | {lat['false_alarms']} |")
+    out += [
+        "",
+        "The windowed MMD is tested every 5 s of event time, so up to 5 s of its alert delay is "
+        "the test cadence. The online MMD here is calibrated to an expected run time of 5,000 "
+        "records — one false alarm every ~2.5 s at 2,000 rec/s — which keeps its calibration "
+        "cheap for the benchmark; a production setting needs a far larger ERT (and n_bootstraps "
+        "≥ ERT). While an alert episode is open, further alerts of that detector are suppressed.",
         "",
         "## Memory",
         "",
