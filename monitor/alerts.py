@@ -37,7 +37,7 @@ class Finding:
     detector: str  # the pipeline's detector id (registered name, ``#i`` if repeated)
     statistic: float
     threshold: float
-    window: dict[str, Any]  # ClosedWindow.bounds()
+    window: dict[str, Any]  # ClosedWindow.bounds() (+ "partition" when the runtime knows it)
     severity: Severity = "warning"
     p_value: float | None = None
     evidence: list[str] = field(default_factory=list)
@@ -49,6 +49,8 @@ def dedupe_key(f: Finding) -> str:
     """Deterministic id of a finding: same model/version/detector/window ⇒ same key."""
     w = f.window
     ident = [f.kind, f.model, f.model_version, f.detector, w["kind"], w["start"], w["end"]]
+    if w.get("partition") is not None:
+        ident.append(w["partition"])
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:32]
 
 

@@ -26,6 +26,7 @@ reference, empty windows) instead of alarming on its own change.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -318,8 +319,12 @@ def stage_for(det_id: str, det: Any, cfg: DetectorConfig, pipe: Pipeline) -> _St
 class Pipeline:
     """All stages of one model version, fed in stream order."""
 
-    def __init__(self, cfg: ModelConfig, version: str, reference: ReferenceSet) -> None:
+    def __init__(self, cfg: ModelConfig, version: str, reference: ReferenceSet,
+                 partition: int | None = None) -> None:
         self.model, self.version, self.reference = cfg.name, version, reference
+        # Findings name the partition: were a producer not to key records by model, each
+        # partition would hold its own windows, and their alerts must not share dedupe keys.
+        self.partition = partition
         self.dim = reference.dim
         self.seq = 0  # records processed by this pipeline
         self.stages: list[_Stage] = []
@@ -341,6 +346,11 @@ class Pipeline:
         for stage in self.stages:
             stage.process(X, ids, ts, report)
         self.seq += X.shape[0]
+        if self.partition is not None:
+            report.findings = [
+                dataclasses.replace(f, window={**f.window, "partition": self.partition})
+                for f in report.findings
+            ]
         return report
 
     # --- checkpoint state: arrays + JSON, never pickle --------------------------------------

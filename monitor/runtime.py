@@ -140,13 +140,14 @@ class Worker:
             return None
         ms = ModelState(ckpt_offset=ckpt.offset)
         for arrays, meta in ckpt.versions:
-            pipe = Pipeline(mcfg, meta["version"], self.references[ckpt.model])
+            ref = self.references[ckpt.model]
+            pipe = Pipeline(mcfg, meta["version"], ref, ckpt.partition)
             try:
                 pipe.set_state(arrays, meta)
             except (ValueError, KeyError) as exc:
                 log.warning("model %r version %r starts fresh: its checkpoint does not fit the "
                             "configuration (%s)", ckpt.model, meta["version"], exc)
-                pipe = Pipeline(mcfg, meta["version"], self.references[ckpt.model])
+                pipe = Pipeline(mcfg, meta["version"], ref, ckpt.partition)
             ms.pipelines[meta["version"]] = pipe
         return ms
 
@@ -232,7 +233,15 @@ class Worker:
                     self._dead_letter(batch, i, "unknown_model",
                                       f"model {model!r} is not configured in this monitor")
             return
-        ms = self.state.setdefault(tp, {}).setdefault(model, ModelState())
+        models = self.state.setdefault(tp, {})
+        ms = models.get(model)
+        if ms is None:
+            others = sorted(p for (t, p), m in self.state.items() if model in m and (t, p) != tp)
+            if others:
+                log.warning("model %r arrives on partitions %s and %d: producers must key records "
+                            "by model name, otherwise each partition holds its own windows",
+                            model, others, tp[1])
+            ms = models[model] = ModelState()
         if ms.ckpt_offset >= 0:
             fresh = [(i, r) for i, r in items if batch.offsets[i] >= ms.ckpt_offset]
             if len(fresh) < len(items):
@@ -246,7 +255,7 @@ class Worker:
                 # feedback feeds poisoning checks; reference records feed `reference fit`
                 self.metrics.records.labels(model, version, kind).inc(len(its))
                 continue
-            pipe = self._pipeline(ms, mcfg, version)
+            pipe = self._pipeline(ms, mcfg, version, tp[1])
             keep = [(i, r) for i, r in its if r.embedding.shape[0] == pipe.dim]
             for i, r in its:
                 if r.embedding.shape[0] != pipe.dim:
@@ -259,12 +268,14 @@ class Worker:
             self._run_pipeline(pipe, [r for _, r in keep])
             ms.dirty = True
 
-    def _pipeline(self, ms: ModelState, mcfg: ModelConfig, version: str) -> Pipeline:
+    def _pipeline(self, ms: ModelState, mcfg: ModelConfig, version: str,
+                  partition: int) -> Pipeline:
         pipe = ms.pipelines.get(version)
         if pipe is None:
             log.info("model %r version %r: new pipeline (fresh windows and detector state)",
                      mcfg.name, version)
-            pipe = ms.pipelines[version] = Pipeline(mcfg, version, self.references[mcfg.name])
+            pipe = ms.pipelines[version] = Pipeline(mcfg, version, self.references[mcfg.name],
+                                                    partition)
             while len(ms.pipelines) > self.cfg.monitor.model_versions_kept:
                 old, _ = ms.pipelines.popitem(last=False)
                 self.metrics.forget_version(mcfg.name, old, detector_ids(mcfg.detectors))
@@ -370,8 +381,8 @@ class Worker:
         for models in self.state.values():
             ms = models.get(model)
             if ms is not None:
-                for version in list(ms.pipelines):
-                    ms.pipelines[version] = Pipeline(mcfg, version, new)
+                for version, old in list(ms.pipelines.items()):
+                    ms.pipelines[version] = Pipeline(mcfg, version, new, old.partition)
                 ms.dirty = True
         self.overrides.set(model, str(path), actor)
         self.metrics.reference_replaced.labels(model).inc()
