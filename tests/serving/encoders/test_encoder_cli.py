@@ -100,3 +100,18 @@ def test_bad_input_is_a_clear_error(
     assert rc == 2
     assert err.startswith(f"repwatch encoder {argv[1]}: error: ")
     assert message in err
+
+
+def test_parquet_columns_become_features(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from serving.encoders.data import load_array
+
+    table = pa.table({"a": [1.0, 2.0, 3.0], "b": [4, 5, 6], "flag": [True, False, True]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    X = load_array(tmp_path / "t.parquet")
+    np.testing.assert_array_equal(X, [[1, 4, 1], [2, 5, 0], [3, 6, 1]])
+    assert X.dtype == np.float32
+    pq.write_table(pa.table({"a": [1.0], "name": ["x"]}), tmp_path / "s.parquet")
+    with pytest.raises(ValueError, match="column 'name' has type string"):
+        load_array(tmp_path / "s.parquet")
