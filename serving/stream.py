@@ -196,7 +196,9 @@ class RecordStream:
                 # rather than piling them up inside the client.
                 self._wait(0.02)
                 continue
-            items = self.queue.take(self.batch_records, 0.05)
+            # After a failure, probe with one record: if the broker is still gone, only that
+            # one waits out the delivery timeout, and the rest stay in the queue (drop-oldest).
+            items = self.queue.take(self.batch_records if self._failures == 0 else 1, 0.05)
             if not items:
                 continue
             messages: list[Message] = []
