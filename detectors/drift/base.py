@@ -136,6 +136,9 @@ class DriftDetector(Detector):
     min_test_rows: int = 2
 
     def _check_params(self) -> None:
+        """Validate the shared parameters; a refit then starts from a clean slate."""
+        for key in list(self._learned()):
+            delattr(self, key)
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
         if self.min_effect_size is not None and self.min_effect_size < 0:

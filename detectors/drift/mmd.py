@@ -42,7 +42,8 @@ class MMDDrift(DriftDetector):
         median heuristic on the reference (``sigma^2 = median |x_i - x_j|^2 / 2``, as in
         alibi-detect), fixed at fit time.
     method : {"auto", "exact", "rff"}
-        ``"exact"`` uses the full kernel matrix (memory ``O((N+n)^2)``). ``"rff"`` replaces the
+        ``"exact"`` uses the full kernel matrix (memory ``O((N+n)^2)``, about ``12 N^2``
+        bytes at fit time). ``"rff"`` replaces the
         kernel with ``n_features`` random Fourier features (memory and time ``O((N+n) D)``);
         the permutation test stays exact for that approximate kernel, at a small loss of power
         (``benchmarks/drift_speed.py`` measures it). ``"auto"`` picks ``"rff"`` for ``N >= 20000``.

@@ -96,6 +96,8 @@ class OnlineMMDDrift(Detector):
 
     # --- fit: calibration ------------------------------------------------------------------
     def fit(self, X_ref: Any) -> OnlineMMDDrift:
+        for key in list(self._learned()):  # a refit starts from a clean slate
+            delattr(self, key)
         W = self.window_size
         if W < 2:
             raise ValueError(f"window_size must be >= 2, got {W}")
