@@ -20,7 +20,9 @@ if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c "import pytorch_ood" 2>/
 fi
 "$python" -m venv "$venv"
 "$venv/bin/pip" install --quiet --upgrade pip
-"$venv/bin/pip" install --quiet "torch==2.14.1" "torchvision==0.29.1" pytorch-ood numpy scikit-learn
+# pytorch-ood pinned: benchmarks/ood.py relies on 0.4.0's score conventions (e.g. Mahalanobis
+# on the sum of outer products, KNN normalising by default).
+"$venv/bin/pip" install --quiet "torch==2.14.1" "torchvision==0.29.1" "pytorch-ood==0.4.0" numpy scikit-learn
 "$venv/bin/python" - <<'PY'
 import pytorch_ood, torch, torchvision
 print("pytorch-ood", getattr(pytorch_ood, "__version__", "?"), "torch", torch.__version__,
