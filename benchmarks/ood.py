@@ -184,7 +184,8 @@ def photo_patches(peer_ok: bool) -> Array | None:
 
 # --- quality ----------------------------------------------------------------------------------
 EMBEDDING_DETECTORS: dict[str, Callable[[], OODDetector]] = {
-    "knn": lambda: KNNDetector(k=K),
+    "knn (k=10)": lambda: KNNDetector(k=K),
+    "knn (default k = n/1000)": lambda: KNNDetector(),
     "mahalanobis (class-cond., LW)": lambda: MahalanobisDetector(),
     "mahalanobis (class-cond., no shrinkage)": lambda: MahalanobisDetector(shrinkage=0.0),
     "mahalanobis (plain, LW)": lambda: MahalanobisDetector(),
@@ -198,7 +199,7 @@ LOGIT_DETECTORS: dict[str, Callable[[], OODDetector]] = {
 }
 #: ours -> (peer method, factor mapping the peer's score onto ours, description)
 SAME_METHOD = {
-    "knn": ("knn", "1", "KNN(k=10), normalised"),
+    "knn (k=10)": ("knn", "1", "KNN(k=10), normalised"),
     "mahalanobis (class-cond., no shrinkage)": ("mahalanobis", "2N", "Mahalanobis"),
     "relative mahalanobis (no shrinkage)": ("rmd", "N", "RMD"),
     "energy": ("energy", "1", "EnergyBased"),
@@ -442,25 +443,33 @@ def summary(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any]
     """The issue's targets, met or not, computed from this run."""
     ours = {(r["rep"], r["detector"]): r for r in rows if r.get("impl") == "repwatch"}
     L = ["## Against the targets", ""]
-    ssl = ours.get(("SSL embedding", "knn"))
-    raw = ours[("raw pixels", "knn")]
-    if ssl is not None and "far (all)" in ssl:
-        far = ssl["far (all)"][0]
+    ssl = ours.get(("SSL embedding", "knn (k=10)"))
+    raw = ours[("raw pixels", "knn (k=10)")]
+    ssl_d = ours.get(("SSL embedding", "knn (default k = n/1000)"))
+    raw_d = ours[("raw pixels", "knn (default k = n/1000)")]
+    if ssl is not None and ssl_d is not None and "far (all)" in ssl:
         L.append(
-            f"- kNN (k={K}) on the SSL embedding, far OOD: AUROC {far:.3f} (target ≥ 0.95: "
-            f"{'met' if far >= 0.95 else 'NOT met'}); raw pixels {raw['far (all)'][0]:.3f}."
+            f"- kNN on the SSL embedding, far OOD: AUROC {ssl_d['far (all)'][0]:.3f} with the "
+            f"default k (= 1 here), {ssl['far (all)'][0]:.3f} with k=10 (target ≥ 0.95: "
+            f"{'met' if min(ssl['far (all)'][0], ssl_d['far (all)'][0]) >= 0.95 else 'NOT met'}"
+            f"); raw pixels {raw_d['far (all)'][0]:.3f} / {raw['far (all)'][0]:.3f}."
         )
         L.append(
-            f"- kNN (k={K}) on held-out digits 8–9: SSL embedding AUROC "
-            f"{ssl['digits 8-9'][0]:.3f} / FPR95 {ssl['digits 8-9'][1]:.3f}, raw pixels "
-            f"{raw['digits 8-9'][0]:.3f} / {raw['digits 8-9'][1]:.3f}: on digits the SSL "
-            "embedding is no better than the pixels for kNN."
+            f"- kNN on held-out digits 8–9, AUROC / FPR95: SSL embedding "
+            f"{ssl_d['digits 8-9'][0]:.3f} / {ssl_d['digits 8-9'][1]:.3f} (default k), "
+            f"{ssl['digits 8-9'][0]:.3f} / {ssl['digits 8-9'][1]:.3f} (k=10); raw pixels "
+            f"{raw_d['digits 8-9'][0]:.3f} / {raw_d['digits 8-9'][1]:.3f} (default k), "
+            f"{raw['digits 8-9'][0]:.3f} / {raw['digits 8-9'][1]:.3f} (k=10). On digits the "
+            "SSL embedding is no better than the pixels for kNN. Disclosure: the default k "
+            "(the paper's k ∝ n scaling) replaced a fixed k=10 after the k sweep below showed "
+            "k=10 too large for this 693-row reference; the sweep is the evidence, k=10 stays "
+            "in the table."
         )
     elif ssl is None:
         L.append("- The bundled digits models are absent: no SSL-embedding rows in this run.")
     best = max((r for r in ours.values() if "digits 8-9" in r), key=lambda r: r["digits 8-9"][0])
     L.append(
-        f"- Best near-OOD (digits 8–9) AUROC among repwatch's a-priori configurations: "
+        f"- Best near-OOD (digits 8–9) AUROC among repwatch's rows: "
         f"{best['digits 8-9'][0]:.3f} ({best['detector']} on {best['rep']})."
     )
     med, bst = sp["median_s"], sp["min_s"]
@@ -630,8 +639,8 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any])
         L += [
             "## kNN: sensitivity to k",
             "",
-            "k = 10 is fixed a priori (the default); this table shows what other choices would "
-            "have given, not a tuned result. Cells: AUROC digits 8-9 / far (all).",
+            "What each k gives on this reference (693 fitted rows; the default rule picks k=1). "
+            "Cells: AUROC digits 8-9 / far (all).",
             "",
             "| representation | " + " | ".join(f"k={k}" for k in ks) + " |",
             "|---|" + "---|" * len(ks),

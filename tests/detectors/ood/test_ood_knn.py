@@ -97,3 +97,12 @@ def test_without_threadpoolctl_blocks_run_serially(monkeypatch: pytest.MonkeyPat
     threaded = det.score(Q)
     monkeypatch.setattr(blocks, "single_threaded_blas", lambda: None)
     np.testing.assert_allclose(det.score(Q), threaded, rtol=1e-12)
+
+
+def test_default_k_scales_with_the_reference() -> None:
+    rng = np.random.default_rng(9)
+    assert KNNDetector().fit(rng.normal(size=(500, 4))).k_ == 1  # 400 fitted rows
+    det = KNNDetector().fit(rng.normal(size=(12_500, 4)))  # 10,000 fitted rows
+    assert det.k_ == 10
+    clone = KNNDetector.from_state(*det.get_state())
+    assert clone.k is None and clone.k_ == 10
