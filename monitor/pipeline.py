@@ -210,10 +210,11 @@ class SequentialStage(_Stage):
             "records": at - start,
         }
         idx = slice(0, j)
+        k = min(max(j - 1, 0), len(res.statistics) - 1)  # the detecting record in this batch
         report.findings.append(self.finding(
             "drift",
-            statistic=res.statistic,
-            threshold=res.threshold,
+            statistic=float(res.statistics[k]),
+            threshold=float(res.thresholds[k]),
             window=window,
             evidence=_evidence(ids[idx], self.pipe.reference.deviation(X[idx])),
             details={"effect_size": res.effect_size, "ert": res.ert, "sequential": True},

@@ -68,6 +68,7 @@ def test_a_shift_raises_one_alert_per_detector_at_its_onset(setup) -> None:
     assert all(400 <= int(i[1:]) < 600 for i in mmd.evidence) and len(mmd.evidence) == 10
     online = by["drift.mmd_online"]
     assert 400 < online.window["end"] <= 460  # detected within a few dozen records
+    assert online.statistic > online.threshold  # the values at the detecting record
     ood = by["ood.knn"]
     assert ood.kind == "ood" and ood.statistic >= 0.2 and ood.p_value < 1e-6
     # Back to normal ends the episode; a new shift alerts again.
