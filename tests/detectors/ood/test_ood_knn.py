@@ -10,6 +10,7 @@ from scipy.spatial.distance import cdist
 
 from detectors.ood import KNNDetector
 from detectors.ood.calibration import calibration_split
+from detectors.ood.knn import kth_largest_index
 
 
 def _brute_force(X_ref: np.ndarray, Q: np.ndarray, k: int, normalize: bool, seed: int = 0):
@@ -106,3 +107,16 @@ def test_default_k_scales_with_the_reference() -> None:
     assert det.k_ == 10
     clone = KNNDetector.from_state(*det.get_state())
     assert clone.k is None and clone.k_ == 10
+
+
+@pytest.mark.parametrize("n", [40, 999, 1000, 10_001])
+@pytest.mark.parametrize("k", [1, 2, 10, 50])
+def test_kth_largest_index_matches_a_full_sort(n: int, k: int) -> None:
+    if k > n:
+        return
+    rng = np.random.default_rng(n + k)
+    S = rng.normal(size=(37, n)).astype(np.float32)
+    S[:5] = np.round(S[:5])  # heavy ties
+    idx = kth_largest_index(S, k)
+    expected = -np.sort(-S, axis=1)[:, k - 1]
+    np.testing.assert_array_equal(S[np.arange(37), idx], expected)
