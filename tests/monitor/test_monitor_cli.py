@@ -62,3 +62,28 @@ def test_reference_fit_from_an_offset_range_of_the_records_topic(mon, tmp_path: 
     ref = load_reference(config.models[0], out)
     expected = np.stack([r.embedding for r in first]).astype(np.float64)
     assert np.allclose(ref.mean, expected.mean(axis=0))
+
+
+@pytest.mark.integration
+def test_reference_fit_from_a_time_range_of_the_records_topic(mon, tmp_path: Path,
+                                                               capsys) -> None:
+    from kafka import KafkaProducer
+
+    from monitor import records as R
+
+    config = mon.config([{"name": "ood.knn", "params": {"k": 5}}])
+    recs = mon.make("digits", 400)
+    t0 = 1_790_000_000_000
+    p = KafkaProducer(bootstrap_servers=mon.broker)
+    for i, r in enumerate(recs):  # one record per second of broker time
+        p.send(mon.records_topic, key=b"digits", value=R.encode(r), timestamp_ms=t0 + i * 1000)
+    p.flush(15)
+    p.close()
+    out = tmp_path / "from-time"
+    start, end = str(t0 + 100_000), "2026-09-21T14:18:20Z"  # epoch ms, and ISO for t0 + 300 s
+    assert main(["reference", "fit", "--config", str(_config_file(tmp_path, config)),
+                 "--model", "digits", "--out", str(out), "--from-topic",
+                 "--start", start, "--end", end]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 200  # records 100..299
+    expected = np.stack([r.embedding for r in recs[100:300]]).astype(np.float64)
+    assert np.allclose(load_reference(config.models[0], out).mean, expected.mean(axis=0))
