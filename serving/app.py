@@ -1,13 +1,17 @@
 """The sidecar's HTTP app: Open Inference Protocol v2 REST, record ingest, and ``/metrics``.
 
 ``create_app(config)`` loads every configured model (errors surface before the port opens) and
-returns a FastAPI app whose lifespan starts the record stream and, on shutdown, flushes it
-within ``serving.flush_timeout_seconds``.
+returns an ASGI app: ``POST .../infer`` is served by :mod:`serving.fastpath` straight from ASGI
+messages, everything else by the FastAPI app built here. Its lifespan starts the record stream
+and, on shutdown, flushes it within ``serving.flush_timeout_seconds``.
 
-The infer path reads the body as bytes and answers with bytes: no pydantic models, no JSON
-floats on the record path. With ``dynamic_batching`` off, ``session.run`` is called on the event
-loop thread: for models of a fraction of a millisecond that is cheaper than a thread hop; turn
-dynamic batching on for heavier models (it also moves inference off the loop).
+Endpoints: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}``,
+``/v2/models/{name}/ready`` (both also under ``/versions/{v}``), ``POST
+/v2/models/{name}[/versions/{v}]/infer``, ``POST /v1/records``, ``POST /v1/feedback``,
+``GET /metrics``. Every error is ``{"error": "..."}`` with a 4xx/5xx status.
+
+Each prediction's record id comes back in the ``X-Repwatch-Record-Id`` header (and in the
+response ``parameters.record_id`` when the sidecar runs the model itself): feedback joins on it.
 """
 
 from __future__ import annotations
