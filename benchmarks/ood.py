@@ -655,14 +655,15 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any])
     L += [
         "## Notes",
         "",
-        "- Exact kNN is bound by the matrix product: at 10k reference rows a batch of 1,000 "
-        "records costs a few tens of ms. No approximate index is bundled; one (e.g. faiss "
+        "- Exact kNN is bound by the matrix product: at 10k reference rows (d = 128) a batch of "
+        "1,000 records costs 15-30 ms. No approximate index is bundled; one (e.g. faiss "
         "IVF/HNSW, on this machine's local index as `faiss-cpu`) would only pay off well beyond "
         "~100k reference rows and was not evaluated here.",
         "- The 'matmul in kNN's blocks' baseline runs the same product in the same row blocks "
         "and threads (single-threaded BLAS per block, blocks in parallel), without the "
-        "selection: it is the honest roofline. On this shared machine it beats one "
-        "multi-threaded `Q @ R.T` call, whose two BLAS threads wait for each other.",
+        "selection: it is the honest roofline. Under load from other jobs it beats one "
+        "multi-threaded `Q @ R.T` call, whose two BLAS threads wait for each other; on a "
+        "quiet machine the two tie.",
         "- Relative Mahalanobis by design ignores directions in which the classes do not "
         "differ; on raw pixels it is the weakest far-OOD detector. Plain Mahalanobis (no "
         "labels) is weak on near OOD everywhere: use labels when the reference has them.",
