@@ -656,7 +656,8 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any])
         "## Notes",
         "",
         "- Exact kNN is bound by the matrix product: at 10k reference rows (d = 128) a batch of "
-        "1,000 records costs 15-30 ms. No approximate index is bundled; one (e.g. faiss "
+        "1,000 records costs ~15 ms on a quiet machine (2-4x that under load). No approximate "
+        "index is bundled; one (e.g. faiss "
         "IVF/HNSW, on this machine's local index as `faiss-cpu`) would only pay off well beyond "
         "~100k reference rows and was not evaluated here.",
         "- The 'matmul in kNN's blocks' baseline runs the same product in the same row blocks "

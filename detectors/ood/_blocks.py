@@ -42,9 +42,15 @@ def single_threaded_blas() -> Any:
 
 
 def run_blocks(fn: Callable[[int, int], None], n: int, rows: int, n_jobs: int | None) -> None:
-    """Call ``fn(lo, hi)`` on consecutive row blocks of ``rows`` covering ``range(n)``."""
-    starts = range(0, n, max(1, rows))
-    jobs = min(max(1, n_jobs or n_cpus()), len(starts))
+    """Call ``fn(lo, hi)`` on consecutive row blocks of at most ``rows`` covering ``range(n)``."""
+    rows = max(1, rows)
+    jobs = max(1, n_jobs or n_cpus())
+    n_blocks = -(-n // rows)
+    if 1 < n_blocks < 4 * jobs:  # few blocks: even them out so that no thread idles at the end
+        n_blocks = -(-n_blocks // jobs) * jobs
+        rows = -(-n // n_blocks)
+    starts = range(0, n, rows)
+    jobs = min(jobs, len(starts))
     limit = single_threaded_blas() if jobs > 1 else None
     if limit is None:
         for lo in starts:
