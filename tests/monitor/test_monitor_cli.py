@@ -25,7 +25,8 @@ def test_reference_fit_from_an_array_file(tmp_path: Path, capsys) -> None:
     arr = tmp_path / "ref.npz"
     np.savez(arr, X=np.random.default_rng(0).normal(size=(300, 6)))
     cfg = Config.model_validate({"models": [{"name": "digits", "embedding_dim": 6, "detectors": [
-        {"name": "drift.mmd", "params": {"n_permutations": 50}}, {"name": "ood.knn"}]}]})
+        {"name": "drift.mmd", "params": {"n_permutations": 50}},
+        {"name": "ood.knn", "params": {"fpr": 0.05}}]}]})
     out = tmp_path / "refdir"
     args = ["reference", "fit", "--config", str(_config_file(tmp_path, cfg)), "--model",
             "digits", "--out", str(out), "--array", str(arr)]
@@ -50,7 +51,7 @@ def test_reference_fit_rejects_an_unknown_model(tmp_path: Path, capsys) -> None:
 @pytest.mark.integration
 def test_reference_fit_from_an_offset_range_of_the_records_topic(mon, tmp_path: Path,
                                                                   capsys) -> None:
-    config = mon.config([{"name": "ood.knn", "params": {"k": 5}}])
+    config = mon.config([{"name": "ood.knn", "params": {"k": 5, "fpr": 0.05}}])
     first = mon.make("digits", 300)
     mon.produce(first + mon.make("digits", 100, start=300, shift=5.0))
     mon.produce(mon.make("other", 50))
@@ -71,7 +72,7 @@ def test_reference_fit_from_a_time_range_of_the_records_topic(mon, tmp_path: Pat
 
     from monitor import records as R
 
-    config = mon.config([{"name": "ood.knn", "params": {"k": 5}}])
+    config = mon.config([{"name": "ood.knn", "params": {"k": 5, "fpr": 0.05}}])
     recs = mon.make("digits", 400)
     t0 = 1_790_000_000_000
     p = KafkaProducer(bootstrap_servers=mon.broker)

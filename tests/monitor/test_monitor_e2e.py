@@ -26,6 +26,16 @@ def _query(prom: localstack.Service, promql: str) -> list[dict]:
         return json.load(resp)["data"]["result"]  # type: ignore[no-any-return]
 
 
+def _lag(worker) -> float | None:
+    """Consumer lag of the partition that holds the model (the one with a position)."""
+    for (topic, part) in worker.positions:
+        value = worker.registry.get_sample_value(
+            "repwatch_consumer_lag", {"topic": topic, "partition": str(part)})
+        if value is not None:
+            return value
+    return None
+
+
 def test_clean_then_shift_alerts_on_kafka_webhook_and_prometheus(
     mon, webhook_receiver, prometheus, monkeypatch
 ) -> None:
@@ -83,6 +93,8 @@ def test_clean_then_shift_alerts_on_kafka_webhook_and_prometheus(
         assert alerts and float(alerts[0]["value"][1]) == 1.0
         processed = _query(prometheus, 'sum(repwatch_records_processed_total{model="digits"})')
         assert float(processed[0]["value"][1]) == 1200.0
+        mon.run_until(worker, lambda: _lag(worker) is not None)  # lag is sampled every 1 s
+        assert _lag(worker) == 0.0  # caught up on the partition that holds "digits"
     finally:
         localstack.set_scrape_targets(prometheus, [])
         worker.close()
