@@ -175,54 +175,64 @@ class RecordStream:
     # ---- the thread ------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            now = time.monotonic()
-            if self._stop.is_set() and (not len(self.queue) or now >= self._deadline):
-                break
-            if self._rebuild:
-                self._rebuild = False
-                log.warning(
-                    "record stream: %d failures in a row; rebuilding the producer", self._failures
-                )
-                self.transport.reset()
-            if not self.transport.open(self):
-                self._wait(min(self.max_backoff, 0.2 * 2 ** min(self._failures, 5)))
-                continue
-            if (
-                self._in_flight >= self.max_in_flight
-                or now < self._pause_until
-                or (self._in_flight > 0 and now - self._progress > self.stall_seconds)
-            ):
-                # Broker slow or gone: leave records in the bounded queue (drop-oldest there)
-                # rather than piling them up inside the client.
-                self._wait(0.02)
-                continue
-            # After a failure, probe with one record: if the broker is still gone, only that
-            # one waits out the delivery timeout, and the rest stay in the queue (drop-oldest).
-            items = self.queue.take(self.batch_records if self._failures == 0 else 1, 0.05)
-            if not items:
-                continue
-            messages: list[Message] = []
-            fresh = []
-            for item in items:
-                if isinstance(item, Encoded):
-                    messages.extend(item.messages)
-                else:
-                    fresh.append(item)
-            if fresh:
-                try:
-                    messages.extend(self._build(fresh))
-                except Exception:  # a bug in building must not kill the stream
-                    log.exception("record stream: building records failed; dropping %d", len(fresh))
-                    self.metrics.records_dropped.labels("invalid_record").inc(len(fresh))
-            if messages:
-                taken = self.transport.send(self.topic, messages)
-                if taken < len(messages):
-                    rest = messages[taken:]
-                    self.queue.put_front(Encoded(rest), len(rest))
-                    self._failed()
-            if len(messages) < self.batch_records and not self._stop.is_set():
-                self._stop.wait(self.linger)
+            try:
+                if not self._step():
+                    break
+            except Exception:  # a bug here must not silently stop the stream
+                log.exception("record stream: unexpected error; continuing")
+                self._wait(0.5)
         self.transport.close(self._deadline)
+
+    def _step(self) -> bool:
+        """One pass: take, build, hand over. False once the stream should stop."""
+        now = time.monotonic()
+        if self._stop.is_set() and (not len(self.queue) or now >= self._deadline):
+            return False
+        if self._rebuild:
+            self._rebuild = False
+            log.warning(
+                "record stream: %d failures in a row; rebuilding the producer", self._failures
+            )
+            self.transport.reset()
+        if not self.transport.open(self):
+            self._wait(min(self.max_backoff, 0.2 * 2 ** min(self._failures, 5)))
+            return True
+        if (
+            self._in_flight >= self.max_in_flight
+            or now < self._pause_until
+            or (self._in_flight > 0 and now - self._progress > self.stall_seconds)
+        ):
+            # Broker slow or gone: leave records in the bounded queue (drop-oldest there)
+            # rather than piling them up inside the client.
+            self._wait(0.02)
+            return True
+        # After a failure, probe with one record: if the broker is still gone, only that
+        # one waits out the delivery timeout, and the rest stay in the queue (drop-oldest).
+        items = self.queue.take(self.batch_records if self._failures == 0 else 1, 0.05)
+        if not items:
+            return True
+        messages: list[Message] = []
+        fresh = []
+        for item in items:
+            if isinstance(item, Encoded):
+                messages.extend(item.messages)
+            else:
+                fresh.append(item)
+        if fresh:
+            try:
+                messages.extend(self._build(fresh))
+            except Exception:  # a bug in building must not kill the stream
+                log.exception("record stream: building records failed; dropping %d", len(fresh))
+                self.metrics.records_dropped.labels("invalid_record").inc(len(fresh))
+        if messages:
+            taken = self.transport.send(self.topic, messages)
+            if taken < len(messages):
+                rest = messages[taken:]
+                self.queue.put_front(Encoded(rest), len(rest))
+                self._failed()
+        if len(messages) < self.batch_records and not self._stop.is_set():
+            self._stop.wait(self.linger)
+        return True
 
     def _wait(self, seconds: float) -> None:
         if self._stop.is_set():

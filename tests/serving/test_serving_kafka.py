@@ -175,3 +175,25 @@ def test_broker_down_then_restarted(broker: localstack.Service, prom_value: Any)
         assert got & set(ids), "no record made after the restart reached the new broker"
         text = client.get("/metrics").text
         assert prom_value(text, "repwatch_serving_records_sent_total", model="digits") > sent
+
+
+def test_producer_process_killed_is_restarted(broker: localstack.Service) -> None:
+    model = digits_or_skip()
+    x = np.ones((1, 64), dtype=np.float32)
+    with make_client(model, broker) as client:
+        infer(client, x)
+        assert len(consume(broker.address, 1, 20)) == 1
+        transport = client.app.state.sidecar.stream.transport  # type: ignore[attr-defined]
+        old = transport.proc
+        old.kill()
+        old.join(5)
+        deadline = time.monotonic() + 20
+        while transport.proc is old and time.monotonic() < deadline:
+            infer(client, x)
+            time.sleep(0.1)
+        assert transport.proc is not old and transport.proc.is_alive()
+        rid = infer(client, x).headers["x-repwatch-record-id"]
+        got: set[str] = set()
+        while rid not in got and time.monotonic() < deadline:
+            got = {r.record_id for r in consume(broker.address, 10**6, 1)}
+        assert rid in got
