@@ -314,6 +314,9 @@ def render(
             f"## Soak: {args.soak_seconds} s at {args.soak_rate} req/s, broker down "
             f"{args.soak_down_seconds} s in the middle",
             "",
+            "(`--soak-seconds`/`--soak-down-seconds` default to the full 600 s soak with the "
+            "broker down 60 s; this run used the values above.)",
+            "",
             f"Status codes: {s['codes']}; errors: {s['errors'] or 'none'}.",
             f"Events: {'; '.join(s['events'])}.",
             f"RSS: start {rss[0]:.1f} MB, max {max(rss):.1f} MB, end {rss[-1]:.1f} MB "
