@@ -207,6 +207,42 @@ def render(
         f"{args.rounds} alternating rounds of {args.duration} s per measurement, medians shown. "
         f"Machine: {os.cpu_count()} cores shared with other work (load average at start: {load}).",
         "",
+    ]
+    if results:
+        lines += _render_compare(results, args)
+    if soak_res is not None:
+        s = soak_res
+        rss = [x[1] for x in s["samples"]]
+        lines += [
+            "",
+            f"## Soak: {args.soak_seconds} s at {args.soak_rate} req/s, broker down "
+            f"{args.soak_down_seconds} s in the middle",
+            "",
+            "(`--soak-seconds`/`--soak-down-seconds` default to the full 600 s soak with the "
+            "broker down 60 s; this run used the values above.)",
+            "",
+            f"Status codes: {s['codes']}; errors: {s['errors'] or 'none'}.",
+            f"Events: {'; '.join(s['events'])}.",
+            f"RSS: start {rss[0]:.1f} MB, max {max(rss):.1f} MB, end {rss[-1]:.1f} MB "
+            f"(queue_size {args.soak_queue}).",
+            f"Records sent after the restart: {s['sent_after_restart']:.0f}.",
+            "Final stream counters: "
+            + ", ".join(f"{k} = {v:.0f}" for k, v in s["final"].items() if "_created" not in k)
+            + ".",
+            "",
+            "RSS and records sent over time (every ~10 s):",
+            "",
+            "| t (s) | RSS (MB) | records sent |",
+            "| --- | --- | --- |",
+        ]
+        step = max(1, len(s["samples"]) // 20)
+        for t, mb, sent in s["samples"][::step]:
+            lines.append(f"| {t:.0f} | {mb:.1f} | {sent:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _render_compare(results: list[dict[str, Any]], args: Any) -> list[str]:
+    lines = [
         "## Binary OIP at batch 1 against raw `session.run`",
         "",
         "| model | raw `session.run` p50 | HTTP p50, stream on | overhead p50 (target ≤ 0.35 ms) "
@@ -306,35 +342,7 @@ def render(
             f"- {r['name']}: records sent to Kafka {sent:.0f}, dropped {dropped or 0}; "
             f"non-2xx responses {r['non2xx']:.0f}"
         )
-    if soak_res is not None:
-        s = soak_res
-        rss = [x[1] for x in s["samples"]]
-        lines += [
-            "",
-            f"## Soak: {args.soak_seconds} s at {args.soak_rate} req/s, broker down "
-            f"{args.soak_down_seconds} s in the middle",
-            "",
-            "(`--soak-seconds`/`--soak-down-seconds` default to the full 600 s soak with the "
-            "broker down 60 s; this run used the values above.)",
-            "",
-            f"Status codes: {s['codes']}; errors: {s['errors'] or 'none'}.",
-            f"Events: {'; '.join(s['events'])}.",
-            f"RSS: start {rss[0]:.1f} MB, max {max(rss):.1f} MB, end {rss[-1]:.1f} MB "
-            f"(queue_size {args.soak_queue}).",
-            f"Records sent after the restart: {s['sent_after_restart']:.0f}.",
-            "Final stream counters: "
-            + ", ".join(f"{k} = {v:.0f}" for k, v in s["final"].items() if "_created" not in k)
-            + ".",
-            "",
-            "RSS and records sent over time (every ~10 s):",
-            "",
-            "| t (s) | RSS (MB) | records sent |",
-            "| --- | --- | --- |",
-        ]
-        step = max(1, len(s["samples"]) // 20)
-        for t, mb, sent in s["samples"][::step]:
-            lines.append(f"| {t:.0f} | {mb:.1f} | {sent:.0f} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> int:
@@ -347,6 +355,7 @@ def main() -> int:
     p.add_argument("--soak-rate", type=int, default=400, help="requests per second in the soak")
     p.add_argument("--soak-queue", type=int, default=10000)
     p.add_argument("--skip-soak", action="store_true")
+    p.add_argument("--soak-only", action="store_true", help="skip the latency/throughput runs")
     p.add_argument("--models", default="digits,cnn100k", help="comma-separated subset")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
@@ -363,7 +372,7 @@ def main() -> int:
         models.insert(0, ("digits", DIGITS, load_digits().data[:1].astype(np.float32)))
     else:
         print(f"warning: {DIGITS} missing; digits model skipped", file=sys.stderr)
-    models = [m for m in models if m[0] in args.models.split(",")]
+    models = [m for m in models if m[0] in args.models.split(",") and not args.soak_only]
     broker = localstack.start_tansu()
     results = []
     try:
