@@ -385,7 +385,7 @@ def speed(peer_ok: bool, repeats: int) -> dict[str, Any]:
         "matmul (one call)": lambda: Q32 @ R.T,
         "matmul (kNN's blocks and threads)": blocked,
         "knn score": lambda: knn.score(Q),
-        "knn score (1 selection thread)": lambda: knn1.score(Q),
+        "knn score (n_jobs=1: blocks in sequence, threaded BLAS)": lambda: knn1.score(Q),
         "mahalanobis score": lambda: maha.score(Qm),
         "matmul 200k x 128 x 128 float64 (one call)": lambda: Qm @ Wm,
         "relative mahalanobis score": lambda: rmaha.score(Qm),

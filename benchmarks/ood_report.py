@@ -170,7 +170,7 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any])
         "|---|---|---|---|---|---|---|",
     ]
     mm, mb = "matmul (one call)", "matmul (kNN's blocks and threads)"
-    for name in (mm, mb, "knn score", "knn score (1 selection thread)"):
+    for name in (mm, mb, "knn score", "knn score (n_jobs=1: blocks in sequence, threaded BLAS)"):
         L.append(
             f"| {name} | {med[name]:.3f} / {best[name]:.3f} | {sp['n'] / best[name]:,.0f} | "
             f"{med[mm] / med[name]:.2f} / {best[mm] / best[name]:.2f} | "
