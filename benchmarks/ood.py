@@ -168,7 +168,7 @@ def photo_patches(peer_ok: bool) -> Array | None:
         import PIL  # noqa: F401
     except ImportError:  # repwatch's venv has no Pillow: decode the photos in the peer venv
         if not peer_ok:
-            print("no Pillow and no pytorch-ood venv: photo patches skipped")
+            print("photo patches skipped: no Pillow here; pytorch-ood venv off or missing")
             return None
         out = run_peer({"photos": np.zeros(1)}, {})
         return None if out is None else out["photos"]
