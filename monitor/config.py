@@ -188,6 +188,9 @@ class MonitorConfig(_Model):
         "Python unless the `crc32c` package is installed (then it is ~free)"
     )
     model_versions_kept: int = Field(3, gt=0, description="pipelines kept per model")
+    prefetch: bool = Field(
+        False, description="poll and decode the next batch on a thread while detectors run"
+    )
 
 
 class Config(_Model):

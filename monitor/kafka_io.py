@@ -52,6 +52,8 @@ class Batch:
     keys: list[bytes | None] = field(default_factory=list)
     values: list[bytes] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
+    decoded: Any = None  # records.DecodedBatch when decoded ahead (monitor.prefetch)
+    decode_seconds: float = 0.0
 
     def __len__(self) -> int:
         return len(self.values)
@@ -166,6 +168,15 @@ class Consumer:
             hw = self._c.highwater(TopicPartition(*tp))
             if hw is not None:
                 out[tp] = max(int(hw) - pos, 0)
+        return out
+
+    def highwaters(self) -> dict[TP, int]:
+        """Last high-water mark seen per assigned partition (from fetch responses)."""
+        out = {}
+        for tp in self._c.assignment():
+            hw = self._c.highwater(tp)
+            if hw is not None:
+                out[(tp.topic, tp.partition)] = int(hw)
         return out
 
     def assignment(self) -> list[TP]:

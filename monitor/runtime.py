@@ -38,6 +38,7 @@ from monitor.checkpoint import CheckpointStore, ModelCheckpoint, ReferenceOverri
 from monitor.config import Config, ModelConfig
 from monitor.kafka_io import TP, Batch, Consumer, Producer
 from monitor.pipeline import Pipeline
+from monitor.prefetch import PrefetchingConsumer
 from monitor.reference import ReferenceSet, detector_ids, load_reference
 from monitor.sinks import AlertLedger
 from monitor.telemetry import MonitorMetrics
@@ -85,7 +86,7 @@ class Worker:
         self._commands: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
         self._consumer_settings = consumer_settings or {}
         self._producer_settings = producer_settings or {}
-        self.consumer: Consumer | None = None
+        self.consumer: Consumer | PrefetchingConsumer | None = None
         self.producer: Producer | None = None
         self._last_ckpt = self._last_lag = time.monotonic()
 
@@ -116,10 +117,16 @@ class Worker:
             "check_crcs": c.monitor.check_crcs,
             **self._consumer_settings,
         }
-        self.consumer = Consumer(
-            c.kafka, c.topics.records, c.monitor.group_id, self._on_assign, self._on_revoke,
-            **settings,
-        )
+        def make(on_assign: Any, on_revoke: Any) -> Consumer:
+            return Consumer(c.kafka, c.topics.records, c.monitor.group_id, on_assign, on_revoke,
+                            **settings)
+
+        if c.monitor.prefetch:
+            self.consumer = PrefetchingConsumer(
+                make, self._on_assign, self._on_revoke, c.monitor.max_poll_records
+            )
+        else:
+            self.consumer = make(self._on_assign, self._on_revoke)
 
     # --- rebalance -----------------------------------------------------------------------------
     def _on_assign(self, tps: list[TP]) -> None:
@@ -205,8 +212,12 @@ class Worker:
 
     def process(self, batch: Batch) -> None:
         t = time.perf_counter()
-        decoded = R.decode_many(batch.values)
-        t = self._time("decode", t)
+        if batch.decoded is not None:  # decoded ahead on the fetcher thread
+            decoded = batch.decoded
+            self.profile["decode"] = self.profile.get("decode", 0.0) + batch.decode_seconds
+        else:
+            decoded = R.decode_many(batch.values)
+            t = self._time("decode", t)
         for i, err in decoded.errors:
             self._dead_letter(batch, i, "decode", str(err))
         bad = {i for i, _ in decoded.errors}

@@ -37,9 +37,10 @@ def _seq(workers, model: str) -> int:
     return 0
 
 
-def test_two_workers_split_partitions_and_process_every_record_once(mon) -> None:
+@pytest.mark.parametrize("prefetch", [False, True], ids=["poll-in-loop", "prefetch-thread"])
+def test_two_workers_split_partitions_and_process_every_record_once(mon, prefetch) -> None:
     models = _models()
-    config = mon.config(models=tuple(models), checkpoint_interval_seconds=0.2)
+    config = mon.config(models=tuple(models), checkpoint_interval_seconds=0.2, prefetch=prefetch)
     a, b = mon.worker(config), mon.worker(config)
     half = PER_MODEL // 2
     mon.produce([r for m in models for r in mon.make(m, half)])

@@ -54,8 +54,10 @@ def _metric(port: int, line_prefix: str) -> float | None:
     return None
 
 
+@pytest.mark.parametrize("prefetch", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["poll-in-loop", "prefetch-thread"])
 def test_sigkill_mid_window_then_restart_loses_nothing_and_alerts_once(
-    mon, webhook_receiver, tmp_path
+    mon, webhook_receiver, tmp_path, prefetch
 ) -> None:
     port = localstack.free_port()
     config = mon.config(
@@ -63,7 +65,7 @@ def test_sigkill_mid_window_then_restart_loses_nothing_and_alerts_once(
           "window": {"kind": "count", "size": 400, "min_records": 50}}],
         webhooks=[{"url": webhook_receiver.url, "max_retries": 2, "deadline_seconds": 10}],
         metrics_port=port, checkpoint_interval_seconds=0.3,
-        session_timeout_ms=6000, heartbeat_interval_ms=1000,
+        session_timeout_ms=6000, heartbeat_interval_ms=1000, prefetch=prefetch,
     )
     cfg_path = tmp_path / "monitor.yaml"
     cfg_path.write_text(dump_config(config))
