@@ -168,11 +168,13 @@ class KSDrift(DriftDetector):
     def _p_values(self, dist: FloatArray, n: int) -> FloatArray:
         N = self.ref_sorted_.shape[0]
         exact = self.method == "exact" or (self.method == "auto" and N * n <= EXACT_MAX_NN)
-        if not exact:
-            out: FloatArray = stats.kstwo.sf(dist, self._effective_n(n))
-            return out
         lcm = N // math.gcd(N, n) * n
-        h = np.round(dist * lcm).astype(np.int64)
+        h = np.round(dist * lcm).astype(np.int64)  # D lives on the grid k / lcm(N, n)
+        if not exact:
+            # kstwo.sf costs ~0.2 ms a value (a series in Python): evaluate each grid value once.
+            uniq, inv = np.unique(h, return_inverse=True)
+            out: FloatArray = stats.kstwo.sf(uniq / lcm, self._effective_n(n))[inv]
+            return out
         at_least, above = _exact_sf(N, n, h), _exact_sf(N, n, h + 1)
         u = np.random.default_rng(self.seed).random(dist.size)
         return above + u * (at_least - above)
