@@ -50,6 +50,7 @@ def test_vectorised_bootstrap_equals_loop() -> None:
     X = rng.normal(size=(60, 2))
     det = OnlineMMDDrift(window_size=4, n_bootstraps=30, ert=10, bandwidth=1.0)
     K = gaussian_kernel(X, X, 1.0)
+    det.n_bootstraps_ = 30
     stats = det._bootstrap_statistics(K, np.random.default_rng(0))
     draws = np.random.default_rng(0).random((30, 60)).argpartition(8, axis=1)[:, :8]
     for b in range(30):
@@ -66,7 +67,7 @@ def test_mean_run_length_close_to_target_ert() -> None:
     # (between-reference sd ~25 %), so many short experiments beat a few long ones.
     ert, run_lengths = 50, []
     for r in range(60):
-        det = OnlineMMDDrift(ert=ert, window_size=10, n_bootstraps=2000, seed=r)
+        det = OnlineMMDDrift(ert=ert, window_size=10, seed=r)  # default B = max(1000, 10 ert)
         det.fit(rng.normal(size=(500, 4)))
         for _ in range(30):
             det.reset()
