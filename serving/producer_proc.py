@@ -167,5 +167,7 @@ class _Child:
 def main(conn_in: Any, conn_out: Any, kafka_kwargs: dict[str, Any]) -> None:
     """Child process entry point."""
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("kafka").setLevel(logging.ERROR)
+    # The parent reports an outage once (and counts every failure): kafka-python's own
+    # per-reconnect ERROR lines would flood the log while the broker is down.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     _Child(conn_in, conn_out, kafka_kwargs).run()

@@ -300,6 +300,7 @@ def kafka_producer_options(
     delivery_timeout_ms: int = 30_000,
     request_timeout_ms: int = 10_000,
     max_block_ms: int = 2_000,
+    bootstrap_timeout_ms: int = 5_000,
     **extra: Any,
 ) -> dict[str, Any]:
     """``KafkaProducer`` settings: idempotent, acks=all, batched, compressed."""
@@ -314,6 +315,9 @@ def kafka_producer_options(
         "delivery_timeout_ms": delivery_timeout_ms,
         "request_timeout_ms": request_timeout_ms,
         "max_block_ms": max_block_ms,
+        # How long building a producer may wait for an unreachable broker (default 30 s): short,
+        # so that connection failures are reported and retried promptly.
+        "bootstrap_timeout_ms": bootstrap_timeout_ms,
         "retry_backoff_ms": 200,
         "reconnect_backoff_ms": 100,
         "reconnect_backoff_max_ms": 2000,

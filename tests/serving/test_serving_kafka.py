@@ -60,6 +60,14 @@ def consume(address: str, want: int, timeout: float) -> list[Record]:
         consumer.close()
 
 
+def ids_on(address: str, timeout: float) -> set[str]:
+    """Record ids on the topic so far; empty while the topic does not exist yet."""
+    try:
+        return {r.record_id for r in consume(address, 10**6, timeout)}
+    except AssertionError:
+        return set()
+
+
 def digits_or_skip() -> Path:
     path = Path(__file__).resolve().parents[2] / "serving/encoders/models/digits_classifier.onnx"
     if not path.is_file():
@@ -168,7 +176,7 @@ def test_broker_down_then_restarted(broker: localstack.Service, prom_value: Any)
         while time.monotonic() < deadline:
             ids.append(infer(client, x).headers["x-repwatch-record-id"])
             if len(ids) % 4 == 0:
-                got = {r.record_id for r in consume(broker.address, 10**6, 2)}
+                got = ids_on(broker.address, 2)
                 if got & set(ids):
                     break
             time.sleep(0.25)
@@ -195,5 +203,36 @@ def test_producer_process_killed_is_restarted(broker: localstack.Service) -> Non
         rid = infer(client, x).headers["x-repwatch-record-id"]
         got: set[str] = set()
         while rid not in got and time.monotonic() < deadline:
-            got = {r.record_id for r in consume(broker.address, 10**6, 1)}
+            got = ids_on(broker.address, 1)
         assert rid in got
+
+
+def test_broker_absent_at_start_then_up(prom_value: Any) -> None:
+    """The sidecar starts and serves with no broker; records flow once one appears."""
+    model = digits_or_skip()
+    port = localstack.free_port()
+    absent = localstack.Service("tansu", port, None, Path("."))  # type: ignore[arg-type]
+    x = np.full((1, 64), 3.0, dtype=np.float32)
+    broker = None
+    try:
+        with make_client(model, absent) as client:
+            for _ in range(5):
+                assert infer(client, x).status_code == 200
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                text = client.get("/metrics").text
+                if prom_value(text, "repwatch_serving_producer_errors_total", kind="connect"):
+                    break
+                time.sleep(0.2)
+            assert prom_value(text, "repwatch_serving_producer_errors_total", kind="connect") >= 1
+            broker = localstack.start_tansu(port=port)
+            deadline = time.monotonic() + 30
+            got: set[str] = set()
+            ids: list[str] = []
+            while time.monotonic() < deadline and not got & set(ids):
+                ids.append(infer(client, x).headers["x-repwatch-record-id"])
+                got = ids_on(broker.address, 1)
+            assert got & set(ids), "no record reached the broker that came up late"
+    finally:
+        if broker is not None:
+            broker.stop()
