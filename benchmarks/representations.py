@@ -41,24 +41,18 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this folder is sys.path[0], and benchmarks/serving.py would shadow the
-# ``serving`` package: drop the folder from the path before importing the project.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+import numpy as np
+from numpy.typing import NDArray
 
-import numpy as np  # noqa: E402
-from numpy.typing import NDArray  # noqa: E402
-
-from detectors.drift import MMDDrift  # noqa: E402
-from detectors.ood import EnergyDetector, KNNDetector  # noqa: E402
-from serving.encoders.models import DIGITS_CLASSIFIER, digits_data  # noqa: E402
-from serving.encoders.onnx_io import OnnxEncoder  # noqa: E402
+from detectors.drift import MMDDrift
+from detectors.ood import EnergyDetector, KNNDetector
+from serving.encoders.models import DIGITS_CLASSIFIER, digits_data
+from serving.encoders.onnx_io import OnnxEncoder
 
 OUT = Path(__file__).parent / "results" / "representations.md"
 ALPHA = 0.05

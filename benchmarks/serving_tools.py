@@ -1,4 +1,4 @@
-"""Helpers for ``benchmarks/serving.py``: models, load tools, the sidecar as a subprocess."""
+"""Helpers for ``benchmarks/serving_latency.py``: models, load tools, the sidecar process."""
 
 from __future__ import annotations
 
