@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 SECRET = b"demo-webhook-secret"
+# The shipped alert rules (dashboards/rules/) when run from a checkout; a minimal rule otherwise.
+SHIPPED_RULES = Path(__file__).resolve().parents[1] / "dashboards" / "rules" / "repwatch.rules.yml"
 RULES = """groups:
 - name: repwatch-demo
   rules:
@@ -73,8 +75,13 @@ class _Receiver:
         return []
 
 
-def _embeddings(synthetic: bool, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(reference, clean phase, drifted phase, description)."""
+def _embeddings(
+    synthetic: bool, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, tuple[np.ndarray, np.ndarray] | None]:
+    """(reference, clean phase, drifted phase, description, raw images of both phases).
+
+    With the bundled models, the phases are *images*: the sidecar computes their embeddings.
+    """
     rng = np.random.default_rng(0)
     if not synthetic:
         try:
@@ -86,18 +93,21 @@ def _embeddings(synthetic: bool, n: int) -> tuple[np.ndarray, np.ndarray, np.nda
             sess = ort.InferenceSession(str(DIGITS_ENCODER), providers=["CPUExecutionProvider"])
             emb = sess.run(["embedding"], {"input": X})[0].astype(np.float32)
             ref = emb[split["train"] + split["val"]]
-            test, ood = emb[split["test"]], emb[split["ood"]]
-            clean = test[rng.integers(0, len(test), n)]
-            mixed = np.where(rng.random((n, 1)) < 0.6, ood[rng.integers(0, len(ood), n)],
-                             test[rng.integers(0, len(test), n)])
-            return ref, clean, mixed, ("bundled digits SSL encoder: reference = digits 0-7 "
-                                       "train/val, clean = held-out 0-7, drifted = 60% digits 8-9")
+            test_idx, ood_idx = np.asarray(split["test"]), np.asarray(split["ood"])
+            clean_idx = test_idx[rng.integers(0, len(test_idx), n)]
+            mixed_idx = np.where(rng.random(n) < 0.6, ood_idx[rng.integers(0, len(ood_idx), n)],
+                                 test_idx[rng.integers(0, len(test_idx), n)])
+            return (ref, emb[clean_idx], emb[mixed_idx],
+                    "bundled digits models: reference = SSL embeddings of digits 0-7 train/val; "
+                    "clean = held-out 0-7 images, drifted = 60% digits 8-9, both sent as OIP "
+                    "inference requests to the serving sidecar",
+                    (X[clean_idx].astype(np.float32), X[mixed_idx].astype(np.float32)))
         except (ImportError, OSError, KeyError) as exc:
             print(f"(digits models unavailable: {exc}; using synthetic embeddings)")
     ref = rng.normal(size=(2000, 32))
     return (ref, rng.normal(size=(n, 32)).astype(np.float32),
             rng.normal(0.4, 1.0, size=(n, 32)).astype(np.float32),
-            "synthetic 32-d Gaussians, drifted phase shifted by 0.4 per dimension")
+            "synthetic 32-d Gaussians, drifted phase shifted by 0.4 per dimension", None)
 
 
 def _promql(url: str, query: str) -> list[dict[str, Any]]:
@@ -121,6 +131,64 @@ def _produce(broker: str, topic: str, X: np.ndarray, start: int) -> None:
     p.close()
 
 
+class _Sidecar:
+    """``repwatch serve`` on the bundled digits classifier, as its own process."""
+
+    def __init__(self, broker: str, work: Path) -> None:
+        import subprocess
+        import sys
+
+        import yaml
+
+        from monitor import localstack
+        from serving.encoders.models import DIGITS_CLASSIFIER
+
+        self.port = localstack.free_port()
+        config = {
+            "kafka": {"bootstrap_servers": [broker]},
+            "models": [{"name": "digits", "version": "1", "path": str(DIGITS_CLASSIFIER),
+                        "embedding_output": "embedding", "logits_output": "logits"}],
+            "serving": {"host": "127.0.0.1", "port": self.port, "intra_op_threads": 1},
+        }
+        (work / "serve.yaml").write_text(yaml.safe_dump(config))
+        self.log = open(work / "sidecar.log", "wb")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor.cli", "--log-level", "WARNING", "serve",
+             "--config", str(work / "serve.yaml")],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        try:
+            localstack.wait_http(f"{self.url}/v2/health/ready", timeout=60)
+        except Exception:
+            self.stop()
+            raise
+
+    def infer(self, images: np.ndarray, batch: int = 20) -> int:
+        """Send ``images`` as OIP JSON requests of ``batch`` rows; returns requests answered 200."""
+        ok = 0
+        for i in range(0, len(images), batch):
+            rows = images[i:i + batch]
+            body = json.dumps({"inputs": [{
+                "name": "input", "datatype": "FP32", "shape": list(rows.shape),
+                "data": rows.ravel().tolist()}]}).encode()
+            req = urllib.request.Request(
+                f"{self.url}/v2/models/digits/infer", data=body, method="POST",
+                headers={"Content-Type": "application/json", "X-Client-Id": f"client-{i % 7}"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                ok += resp.status == 200
+        return ok
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # graceful: the sidecar flushes its record queue
+            try:
+                self.proc.wait(15)
+            except Exception:
+                self.proc.kill()
+        self.log.close()
+
+
 def _wait(cond: Any, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -141,10 +209,12 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="repwatch-demo-"))
-    ref, clean, drifted, what = _embeddings(args.synthetic, args.records)
+    ref, clean, drifted, what, images = _embeddings(args.synthetic, args.records)
     print(f"embeddings: {what}; reference {ref.shape[0]} x {ref.shape[1]}")
     np.save(work / "reference.npy", ref)
-    (work / "rules.yml").write_text(RULES)
+    (work / "rules.yml").write_text(
+        SHIPPED_RULES.read_text() if SHIPPED_RULES.exists() else RULES
+    )
     receiver = _Receiver()
     with (
         localstack.running(localstack.start_tansu()) as broker,
@@ -171,18 +241,31 @@ def run(args: argparse.Namespace) -> int:
         })
         worker = Worker(config)
         metrics = serve_metrics(worker.registry)
-        localstack.set_scrape_targets(prom, [f"127.0.0.1:{metrics.port}"])
+        sidecar = _Sidecar(broker.address, work) if images is not None else None
+        targets = [f"127.0.0.1:{metrics.port}"]
+        if sidecar is not None:
+            targets.append(f"127.0.0.1:{sidecar.port}")
+            print(f"serving sidecar: {sidecar.url}/v2/models/digits/infer (records -> Kafka)")
+        localstack.set_scrape_targets(prom, targets)
         thread = threading.Thread(target=worker.run, kwargs={"install_signals": False},
                                   daemon=True)
         thread.start()
         print(f"stack: broker {broker.address}, prometheus {prom.url}, alertmanager {am.url}, "
               f"worker metrics http://127.0.0.1:{metrics.port}/metrics")
         try:
-            _produce(broker.address, config.topics.records, clean, 0)
+            if sidecar is not None and images is not None:
+                answered = sidecar.infer(images[0])
+                print(f"[clean phase] {len(images[0])} images in {answered} OIP requests, all 200")
+            else:
+                _produce(broker.address, config.topics.records, clean, 0)
             _wait(lambda: worker.processed >= len(clean), 60)
             print(f"\n[clean phase] {worker.processed} records processed, "
                   f"webhook alerts so far: {len(receiver.wait('/webhook', 1))}")
-            _produce(broker.address, config.topics.records, drifted, len(clean))
+            if sidecar is not None and images is not None:
+                answered = sidecar.infer(images[1])
+                print(f"[drifted phase] {len(images[1])} images in {answered} OIP requests")
+            else:
+                _produce(broker.address, config.topics.records, drifted, len(clean))
             _wait(lambda: worker.processed >= len(clean) + len(drifted), 60)
             print(f"[drifted phase] {worker.processed} records processed in total")
             hooks = receiver.wait("/webhook", 15)
@@ -203,16 +286,20 @@ def run(args: argparse.Namespace) -> int:
             queries = ['repwatch_drift_detected{model="digits"}',
                        'repwatch_drift_p_value{model="digits"}',
                        'sum by (model) (repwatch_records_processed_total)',
-                       'repwatch_ood_records_flagged_total{model="digits"}']
+                       'repwatch_ood_records_flagged_total{model="digits"}',
+                       'sum by (model) (repwatch_serving_records_sent_total)']
             _wait(lambda: bool(_promql(prom.url, queries[0] + " == 1")), 15)
             print("\nPrometheus:")
             for q in queries:
-                print(f"  {q} -> {[(r['metric'].get('detector', ''), r['value'][1]) for r in _promql(prom.url, q)]}")  # noqa: E501
+                answer = [(r["metric"], r["value"][1]) for r in _promql(prom.url, q)]
+                print(f"  {q} -> {answer}")
             am_posts = receiver.wait("/alertmanager", 20)
             names = [a["labels"]["alertname"] for _, b in am_posts for a in json.loads(b)["alerts"]]
             print(f"Alertmanager notified: {names or 'nothing yet'}")
             ok = bool(drift) and bool(on_topic)
         finally:
+            if sidecar is not None:
+                sidecar.stop()
             worker.stop()
             thread.join(30)
             metrics.close()
