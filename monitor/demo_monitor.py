@@ -38,7 +38,11 @@ RULES = """groups:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the monitor end to end on a local stack (loopback only)")
+    p = sub.add_parser(
+        "demo",
+        help="run the end-to-end demo: sidecar -> Kafka -> monitor -> Prometheus -> Alertmanager "
+        "(local stack, loopback only)",
+    )
     p.add_argument("--records", type=int, default=1500, help="records per phase (default 1500)")
     p.add_argument("--synthetic", action="store_true", help="skip the bundled digits models")
     p.set_defaults(func=run)
