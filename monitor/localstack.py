@@ -158,8 +158,8 @@ def start_prometheus(
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     _write_targets(workdir, scrape_targets)
-    log = open(workdir / "prometheus.log", "ab")
-    proc = subprocess.Popen(
+    return _launch(
+        "prometheus",
         [
             binary,
             f"--config.file={workdir / 'prometheus.yml'}",
@@ -167,18 +167,9 @@ def start_prometheus(
             f"--web.listen-address=127.0.0.1:{port}",
             f"--web.external-url=http://127.0.0.1:{port}",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=workdir,
+        port,
+        workdir,
     )
-    svc = Service("prometheus", port, proc, workdir)
-    try:
-        wait_port(port, proc)
-        wait_http(f"{svc.url}/-/ready")
-    except Exception:
-        svc.stop()
-        raise
-    return svc
 
 
 def _write_targets(workdir: Path, targets: list[str]) -> None:
@@ -208,20 +199,25 @@ def start_alertmanager(webhook_url: str, *, port: int | None = None) -> Service:
         "receivers": [{"name": "webhook", "webhook_configs": [{"url": webhook_url}]}],
     }
     (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config))
-    log = open(workdir / "alertmanager.log", "ab")
-    proc = subprocess.Popen(
+    return _launch(
+        "alertmanager",
         [
             binary,
             f"--config.file={workdir / 'alertmanager.yml'}",
             f"--storage.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
+            "--cluster.listen-address=",  # otherwise it listens on every interface
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=workdir,
+        port,
+        workdir,
     )
-    svc = Service("alertmanager", port, proc, workdir)
+
+
+def _launch(name: str, argv: list[str], port: int, workdir: Path) -> Service:
+    """Start a Prometheus-family server and wait until it reports ready."""
+    log = open(workdir / f"{name}.log", "ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    svc = Service(name, port, proc, workdir)
     try:
         wait_port(port, proc)
         wait_http(f"{svc.url}/-/ready")
