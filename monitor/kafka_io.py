@@ -74,6 +74,10 @@ class Consumer:
         """``on_revoke`` checkpoints and returns the offsets to commit before the hand-over."""
         from kafka import KafkaConsumer
 
+        from monitor.kafka_crc import install as use_c_crc32c
+
+        use_c_crc32c()
+
         consumer = self
 
         # kafka-python 3 runs rebalance listeners on its I/O thread (while our thread is blocked
@@ -198,6 +202,10 @@ class Producer:
     def __init__(self, cfg: KafkaConfig, **overrides: Any) -> None:
         from kafka import KafkaProducer
 
+        from monitor.kafka_crc import install as use_c_crc32c
+
+        use_c_crc32c()
+
         settings: dict[str, Any] = {
             "acks": "all",
             "linger_ms": 5,
@@ -246,6 +254,10 @@ def read_range(
     import time
 
     from kafka import KafkaConsumer
+
+    from monitor.kafka_crc import install as use_c_crc32c
+
+    use_c_crc32c()
     from kafka.structs import TopicPartition
 
     c = KafkaConsumer(enable_auto_commit=False, **client_kwargs(cfg))

@@ -94,6 +94,10 @@ class _Child:
     def connect(self) -> None:
         from kafka import KafkaProducer
 
+        from monitor.kafka_crc import install as use_c_crc32c
+
+        use_c_crc32c()
+
         try:
             self.producer = KafkaProducer(**self.kwargs)
             self.connect_failures = 0

@@ -332,6 +332,10 @@ def kafka_producer_factory(bootstrap_servers: Sequence[str], **options: Any) -> 
     def make() -> Any:
         from kafka import KafkaProducer
 
+        from monitor.kafka_crc import install as use_c_crc32c
+
+        use_c_crc32c()
+
         return KafkaProducer(**kwargs)
 
     return make
