@@ -11,8 +11,8 @@ stream at that rate):
   random-feature MMD since the reference has 10k rows), online MMD on every record, kNN OOD
   (k = 10) on every record against a 10k reference;
 * **ood2k**: the same with the kNN reference at 2k rows;
-* each also with ``check_crcs=False`` (kafka-python verifies batch CRCs in pure Python unless
-  the ``crc32c`` package is installed) and with ``prefetch`` (poll + decode on a thread);
+* each also with ``check_crcs=False`` (kafka-python verifies batch CRCs; in pure Python unless
+  a C implementation is present: ``google-crc32c`` via ``monitor.kafka_crc``, or ``crc32c``) and with ``prefetch`` (poll + decode on a thread);
 * **ceilings**: the same topic read by a bare kafka-python consumer (no decode), then with
   ``decode_many``: what the client and the codec allow before any detector runs.
 
@@ -398,9 +398,15 @@ def report(args: Any, results: dict[str, Any], ceil: dict[str, float],
                    f"{targets[name.split(',')[0]]} | "
                    f"{r['cpu_per_1k']:.3f} | "
                    f"{1000 / r['cpu_per_1k']:,.0f} | {r['produce']:,.0f} | {r['tests']:.0f} |")
+    from kafka.record import default_records
     from kafka.record import util as kutil
 
-    crc_impl = "C (`crc32c` package)" if kutil.crc32c_c is not None else "pure Python"
+    if kutil.crc32c_c is not None:
+        crc_impl = "C (`crc32c` package)"
+    elif default_records.calc_crc32c.__module__ == "monitor.kafka_crc":
+        crc_impl = "C (`google-crc32c`, installed by `monitor.kafka_crc`)"
+    else:
+        crc_impl = "pure Python"
     out += ["", f"Client and codec ceilings on the same topic (no detectors; kafka-python's "
             f"CRC32C here: {crc_impl}):", "", "| reader | rec/s |", "|---|---|"]
     out += [f"| {k} | {v:,.0f} |" for k, v in ceil.items()]
