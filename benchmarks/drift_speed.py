@@ -76,8 +76,11 @@ def run_ours(data: dict[str, np.ndarray], repeat: int) -> dict[str, Any]:
         times, res = timed(lambda det=det, test=test: det.predict(test), repeat)
         out[f"mmd_{d}"] = {"init_s": fit_t[0], "predict_s": times, "p_val": res.p_value}
     ks = KSDrift().fit(data["ks_ref"])
+    # The first predict of a window size fills the memo of asymptotic p-values (each grid
+    # value once); later windows of that size reuse it, as in a monitor. Report both.
+    first, _ = timed(lambda: ks.predict(data["ks_test"]), 1)
     times, _ = timed(lambda: ks.predict(data["ks_test"]), repeat)
-    out["ks"] = {"predict_s": times}
+    out["ks"] = {"predict_s": times, "first_predict_s": first[0]}
     ref, stream = data["online_ref"], data["online_stream"]
     fit_t, od = timed(
         lambda: OnlineMMDDrift(ert=500, window_size=50, n_bootstraps=1000).fit(ref), repeat
@@ -200,6 +203,9 @@ def report(ours: dict[str, Any], alibi: dict[str, Any] | None, evid: dict[str, A
         row(f"MMD fit / detector construction, d={d}", ours[f"mmd_{d}"]["init_s"],
             a.get(f"mmd_{d}", {}).get("init_s"))
     row("KS predict, d=384", ours["ks"]["predict_s"], a.get("ks", {}).get("predict_s"))
+    if "first_predict_s" in ours["ks"]:
+        row("KS predict, d=384, first call of a window size (p-value memo cold)",
+            ours["ks"]["first_predict_s"], a.get("ks", {}).get("predict_s"))
     row("online MMD ERT calibration (ERT=500, W=50, B=1000, d=64)", ours["online"]["init_s"],
         a.get("online", {}).get("init_s"))
     row("online MMD per record, batches of 100", ours["online"]["per_record_batch100_s"],

@@ -120,3 +120,18 @@ def test_distances_with_heavy_ties_match_scipy() -> None:
         Y = rng.integers(0, 5, size=(n, 3)).astype(float)
         expected = [stats.ks_2samp(X[:, j], Y[:, j]).statistic for j in range(3)]
         np.testing.assert_allclose(KSDrift().fit(X)._distances(Y), expected, rtol=1e-12)
+
+
+def test_memoised_asymptotic_p_values_equal_scipy_and_a_fresh_detector() -> None:
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(600, 12))
+    warm = KSDrift(method="asymp").fit(X)
+    for shift in (0.0, 0.4, 0.4, 0.1):  # repeated window sizes hit the memo
+        Y = rng.normal(shift, 1.0, size=(300, 12))
+        got = warm.predict(Y)
+        fresh = KSDrift(method="asymp").fit(X).predict(Y)
+        assert got.p_value == fresh.p_value
+        np.testing.assert_array_equal(got.feature_p_values, fresh.feature_p_values)
+    dist = warm._distances(Y)
+    h = np.round(dist * 600).astype(np.int64)  # lcm(600, 300) = 600
+    np.testing.assert_allclose(warm._p_values(dist, 300), stats.kstwo.sf(h / 600, 200), rtol=0)
