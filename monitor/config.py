@@ -165,6 +165,9 @@ class ServingConfig(_Model):
     batch_timeout_ms: float = Field(1.0, ge=0, description="how long a dynamic batch gathers")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads; 0 = its default")
     stream_records: bool = Field(True, description="send inference records to Kafka")
+    kafka_client: Literal["auto", "confluent", "kafka-python"] = Field(
+        "auto", description="record producer client; auto = confluent-kafka when installed"
+    )
     feedback_cache_size: int = Field(10000, ge=0, description="recent records feedback can join")
 
 

@@ -1,5 +1,6 @@
-"""The Kafka producer in a child process, so kafka-python never holds the sidecar's GIL.
+"""The Kafka producer in a child process, so the client never holds the sidecar's GIL.
 
+The client is confluent-kafka (librdkafka) or kafka-python (:mod:`serving.kafka_clients`).
 kafka-python is pure Python: ~13 µs of interpreter time per record (partitioning, record-batch
 building, futures, compression on its sender thread). Inside the serving process that time is
 taken from the request threads; here it runs on its own interpreter, and the serving process pays
@@ -10,7 +11,8 @@ Protocol (msgpack over two one-way pipes):
 * parent → child: ``["send", topic, [[key, value], ...]]``, ``["reset"]`` (rebuild the producer
   after repeated failures), ``["close", seconds]`` (flush within the deadline and exit);
 * child → parent: ``{"ok": {model: n}}`` acknowledgements, ``{"fail": n, "error": str}`` for
-  records kafka-python gave up on, ``{"connect": str}`` when the producer cannot be built.
+  records the client gave up on, ``{"connect": str}`` when the producer cannot be built or
+  reach any broker.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ from typing import Any
 
 import msgpack
 
+from serving.kafka_clients import client_class
+
 log = logging.getLogger(__name__)
 
 
 class _Child:
-    def __init__(self, conn_in: Any, conn_out: Any, kafka_kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, conn_in: Any, conn_out: Any, kafka_kwargs: dict[str, Any], client: str
+    ) -> None:
+        self.client_class = client_class(client)
         self.conn_in = conn_in
         self.conn_out = conn_out
         self.kwargs = kafka_kwargs
@@ -37,6 +44,7 @@ class _Child:
         self.ok: Counter[str] = Counter()
         self.fail = 0
         self.error = ""
+        self.unreachable: str | None = None
         self.reset = False
         self.deadline: float | None = None
         self.producer: Any = None
@@ -64,21 +72,27 @@ class _Child:
                 self.deadline = time.monotonic()  # the parent is gone: stop at once
                 self.cond.notify()
 
-    # ---- callbacks on kafka-python's sender thread -----------------------------------------
-    def _acked(self, model: str, _meta: Any) -> None:
+    # ---- callbacks: kafka-python's sender thread, or librdkafka's poll on this loop ------------
+    def _acked(self, model: str) -> None:
         with self.lock:
             self.ok[model] += 1
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, error: str) -> None:
         with self.lock:
             self.fail += 1
-            self.error = str(exc)
+            self.error = error
+
+    def _unreachable(self, error: str) -> None:
+        with self.lock:
+            self.unreachable = error
 
     def emit(self, connect_error: str | None = None) -> None:
         with self.lock:
             ok, fail, error = dict(self.ok), self.fail, self.error
             self.ok.clear()
             self.fail = 0
+            if connect_error is None:
+                connect_error, self.unreachable = self.unreachable, None
         event: dict[str, Any] = {}
         if ok:
             event["ok"] = ok
@@ -92,14 +106,10 @@ class _Child:
 
     # ---- main loop ---------------------------------------------------------------------------
     def connect(self) -> None:
-        from kafka import KafkaProducer
-
-        from monitor.kafka_crc import install as use_c_crc32c
-
-        use_c_crc32c()
-
         try:
-            self.producer = KafkaProducer(**self.kwargs)
+            self.producer = self.client_class(
+                self.kwargs, self._acked, self._failed, self._unreachable
+            )
             self.connect_failures = 0
         except Exception as exc:
             self.connect_failures += 1
@@ -112,7 +122,7 @@ class _Child:
         producer, self.producer = self.producer, None
         if producer is not None:
             try:
-                producer.close(timeout=0)
+                producer.close()
             except Exception as exc:
                 log.warning("producer close failed: %s", exc)
 
@@ -121,33 +131,37 @@ class _Child:
             batch = list(self.pending)
             self.pending.clear()
         send = self.producer.send
-        acked, failed = self._acked, self._failed
         for i, (topic, key, value) in enumerate(batch):
             try:
-                fut = send(topic, key=key, value=value)
+                send(topic, key, value)
             except Exception as exc:  # metadata unavailable: keep the rest, try later
                 with self.cond:
                     self.pending.extendleft(reversed(batch[i:]))
                 self.emit(connect_error=f"{type(exc).__name__}: {exc}")
                 return
-            fut.add_callback(acked, key.decode())
-            fut.add_errback(failed)
 
     def run(self) -> None:
         reader = threading.Thread(target=self.read, daemon=True)
         reader.start()
         while True:
+            producer = self.producer
             with self.cond:
-                if self.deadline is None and not self.pending and not self.reset:
+                idle = self.deadline is None and not self.pending and not self.reset
+                if idle and not (producer is not None and producer.outstanding()):
                     self.cond.wait(0.05)
                 deadline, reset = self.deadline, self.reset
                 self.reset = False
+            if idle and producer is not None and producer.outstanding():
+                producer.serve(0.01)  # librdkafka: wait for acknowledgements instead
+            if producer is not None and producer.fatal:
+                reset = True
             if reset:
                 self.drop_producer()
             if self.producer is None and time.monotonic() >= self.next_connect:
                 self.connect()
             if self.producer is not None:
                 self.send_pending()
+                self.producer.serve(0)
             self.emit()
             if deadline is not None:
                 break
@@ -159,7 +173,7 @@ class _Child:
         if self.producer is not None:
             self.send_pending()
             try:
-                self.producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+                self.producer.flush(max(0.0, deadline - time.monotonic()))
             except Exception as exc:
                 log.warning("flush did not finish: %s", exc)
             self.emit()
@@ -168,10 +182,12 @@ class _Child:
         self.conn_out.close()
 
 
-def main(conn_in: Any, conn_out: Any, kafka_kwargs: dict[str, Any]) -> None:
-    """Child process entry point."""
+def main(
+    conn_in: Any, conn_out: Any, kafka_kwargs: dict[str, Any], client: str = "kafka-python"
+) -> None:
+    """Child process entry point; ``client`` is ``confluent`` or ``kafka-python``."""
     logging.basicConfig(level=logging.WARNING)
     # The parent reports an outage once (and counts every failure): kafka-python's own
     # per-reconnect ERROR lines would flood the log while the broker is down.
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
-    _Child(conn_in, conn_out, kafka_kwargs).run()
+    _Child(conn_in, conn_out, kafka_kwargs, client).run()

@@ -1,6 +1,7 @@
 """How the record stream hands encoded records to Kafka.
 
-* :class:`ProcessTransport` (what ``repwatch serve`` uses): kafka-python in a child process
+* :class:`ProcessTransport` (what ``repwatch serve`` uses): confluent-kafka or kafka-python
+  (``serving.kafka_client``, :mod:`serving.kafka_clients`) in a child process
   (:mod:`serving.producer_proc`), fed one pipe write per batch.
 * :class:`InProcessTransport`: a producer object in this process (a ``KafkaProducer`` or a test
   stand-in), one ``send`` per record with delivery callbacks.
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+
+from serving import kafka_clients
 
 if TYPE_CHECKING:
     from serving.stream import Message, RecordStream
@@ -103,10 +106,19 @@ class InProcessTransport(Transport):
 
 
 class ProcessTransport(Transport):
-    """kafka-python in a child process (spawned, so no threads or sessions are forked)."""
+    """A Kafka client in a child process (spawned, so no threads or sessions are forked).
 
-    def __init__(self, kafka_kwargs: dict[str, Any]) -> None:
-        self.kwargs = kafka_kwargs
+    ``kafka_kwargs`` are kafka-python's producer options; the client is ``kafka_client``
+    (``auto``: confluent-kafka when installed), which a ``kafka_client`` key in the options
+    overrides.
+    """
+
+    def __init__(self, kafka_kwargs: dict[str, Any], kafka_client: str = "auto") -> None:
+        kwargs = dict(kafka_kwargs)
+        self.client = kafka_clients.resolve(kwargs.pop("kafka_client", kafka_client))
+        if self.client == "confluent":
+            kafka_clients.librdkafka_config(kwargs)  # unknown options fail here, not in the child
+        self.kwargs = kwargs
         self.proc: Any = None
         self.conn: Any = None
         self.stream: RecordStream | None = None
@@ -123,7 +135,7 @@ class ProcessTransport(Transport):
 
         self.proc = ctx.Process(
             target=producer_proc.main,
-            args=(to_child_r, from_child_w, self.kwargs),
+            args=(to_child_r, from_child_w, self.kwargs, self.client),
             name="repwatch-kafka-producer",
             daemon=True,
         )
@@ -135,7 +147,11 @@ class ProcessTransport(Transport):
             target=self._read, args=(from_child_r,), name="repwatch-producer-events", daemon=True
         )
         self._reader.start()
-        log.info("record stream: Kafka producer process %d started", self.proc.pid)
+        log.info(
+            "record stream: Kafka producer process %d started (client: %s)",
+            self.proc.pid,
+            self.client,
+        )
         return True
 
     def _read(self, conn: Any) -> None:
