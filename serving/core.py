@@ -106,7 +106,9 @@ class Sidecar:
             self.queue,
             RecordBuilder(self.metrics, s.feedback_cache_size),
             producer_factory
-            or ProcessTransport(producer_options_for(config, **(producer_options or {}))),
+            or ProcessTransport(
+                producer_options_for(config, **(producer_options or {})), s.kafka_client
+            ),
             config.topics.records,
             self.metrics,
         )
