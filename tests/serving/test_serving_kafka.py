@@ -1,5 +1,8 @@
 """The record stream on the real broker: records decode to what onnxruntime computed; with the
-broker stopped inference goes on and drops are counted; after a restart records flow again."""
+broker stopped inference goes on and drops are counted; after a restart records flow again.
+
+Each behaviour is checked with both producer clients (``serving.kafka_client``): confluent-kafka
+(librdkafka) and kafka-python."""
 
 from __future__ import annotations
 
@@ -20,6 +23,18 @@ from serving.app import create_app
 pytestmark = pytest.mark.integration
 
 TOPIC = "repwatch.records"
+
+
+CLIENTS = [
+    "confluent",
+    "kafka-python",
+]
+
+
+@pytest.fixture(params=CLIENTS)
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """The producer client the sidecar's child process runs."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -77,15 +92,17 @@ def digits_or_skip() -> Path:
     return path
 
 
-def make_client(model: Path, broker: localstack.Service, queue_size: int = 10000) -> TestClient:
+def make_client(
+    model: Path, broker: localstack.Service, client: str, queue_size: int = 10000
+) -> TestClient:
     config = Config.model_validate(
         {
             "kafka": {"bootstrap_servers": [broker.address]},
             "models": [{"name": "digits", "path": str(model)}],
-            "serving": {"queue_size": queue_size, "intra_op_threads": 1},
+            "serving": {"queue_size": queue_size, "intra_op_threads": 1, "kafka_client": client},
         }
     )
-    # The default transport: kafka-python in a child process, with test-sized timeouts.
+    # The default transport: the client in a child process, with test-sized timeouts.
     options = {"delivery_timeout_ms": 4000, "request_timeout_ms": 1500, "max_block_ms": 2000}
     return TestClient(create_app(config, producer_options=options))
 
@@ -104,13 +121,16 @@ def infer(client: TestClient, x: np.ndarray) -> Any:
     return client.post("/v2/models/digits/infer", json=req)
 
 
-def test_record_through_broker_is_what_onnxruntime_computed(broker: localstack.Service) -> None:
+def test_record_through_broker_is_what_onnxruntime_computed(
+    broker: localstack.Service, kafka_client: str
+) -> None:
     import onnxruntime as ort
     from sklearn.datasets import load_digits
 
     model = digits_or_skip()
     x = load_digits().data[:3].astype(np.float32)
-    with make_client(model, broker) as client:
+    with make_client(model, broker, kafka_client) as client:
+        assert client.app.state.sidecar.stream.transport.client == kafka_client  # type: ignore[attr-defined]
         ids = [infer(client, x[i : i + 1]).headers["x-repwatch-record-id"] for i in range(3)]
     records = {r.record_id: r for r in consume(broker.address, 3, 20)}
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -125,10 +145,12 @@ def test_record_through_broker_is_what_onnxruntime_computed(broker: localstack.S
         assert rec.prediction == int(np.argmax(logits[i]))
 
 
-def test_broker_down_then_restarted(broker: localstack.Service, prom_value: Any) -> None:
+def test_broker_down_then_restarted(
+    broker: localstack.Service, prom_value: Any, kafka_client: str
+) -> None:
     model = digits_or_skip()
     x = np.arange(64, dtype=np.float32).reshape(1, 64) % 17
-    with make_client(model, broker, queue_size=50) as client:
+    with make_client(model, broker, kafka_client, queue_size=50) as client:
         assert infer(client, x).status_code == 200
         assert len(consume(broker.address, 1, 20)) == 1
 
@@ -185,10 +207,12 @@ def test_broker_down_then_restarted(broker: localstack.Service, prom_value: Any)
         assert prom_value(text, "repwatch_serving_records_sent_total", model="digits") > sent
 
 
-def test_producer_process_killed_is_restarted(broker: localstack.Service) -> None:
+def test_producer_process_killed_is_restarted(
+    broker: localstack.Service, kafka_client: str
+) -> None:
     model = digits_or_skip()
     x = np.ones((1, 64), dtype=np.float32)
-    with make_client(model, broker) as client:
+    with make_client(model, broker, kafka_client) as client:
         infer(client, x)
         assert len(consume(broker.address, 1, 20)) == 1
         transport = client.app.state.sidecar.stream.transport  # type: ignore[attr-defined]
@@ -207,7 +231,7 @@ def test_producer_process_killed_is_restarted(broker: localstack.Service) -> Non
         assert rid in got
 
 
-def test_broker_absent_at_start_then_up(prom_value: Any) -> None:
+def test_broker_absent_at_start_then_up(prom_value: Any, kafka_client: str) -> None:
     """The sidecar starts and serves with no broker; records flow once one appears."""
     model = digits_or_skip()
     port = localstack.free_port()
@@ -215,7 +239,7 @@ def test_broker_absent_at_start_then_up(prom_value: Any) -> None:
     x = np.full((1, 64), 3.0, dtype=np.float32)
     broker = None
     try:
-        with make_client(model, absent) as client:
+        with make_client(model, absent, kafka_client) as client:
             for _ in range(5):
                 assert infer(client, x).status_code == 200
             deadline = time.monotonic() + 15
@@ -236,3 +260,36 @@ def test_broker_absent_at_start_then_up(prom_value: Any) -> None:
     finally:
         if broker is not None:
             broker.stop()
+
+
+def test_security_settings_map_to_librdkafka_names(tmp_path: Path) -> None:
+    """SASL/SSL from ``kafka:`` reach librdkafka under its own names; unknown options fail."""
+    from serving.core import producer_options_for
+    from serving.kafka_clients import librdkafka_config
+
+    secret = tmp_path / "password"
+    secret.write_text("s3cret")
+    config = Config.model_validate(
+        {
+            "kafka": {
+                "bootstrap_servers": "a:9093,b:9093",
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_username": "svc",
+                "sasl_password": {"file": str(secret)},
+                "ssl_cafile": "/etc/ca.pem",
+            },
+            "models": [{"name": "digits", "upstream_url": "http://127.0.0.1:9"}],
+        }
+    )
+    conf = librdkafka_config(producer_options_for(config, delivery_timeout_ms=4000))
+    assert conf["bootstrap.servers"] == "a:9093,b:9093"
+    assert conf["security.protocol"] == "SASL_SSL"
+    assert conf["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert (conf["sasl.username"], conf["sasl.password"]) == ("svc", "s3cret")
+    assert conf["ssl.ca.location"] == "/etc/ca.pem"
+    assert conf["enable.idempotence"] == "true" and conf["acks"] == "all"
+    assert conf["message.timeout.ms"] == 4000
+    assert conf["partitioner"] == "murmur2_random"  # same key -> partition as kafka-python
+    with pytest.raises(ValueError, match="'buffer_memory' has no librdkafka equivalent"):
+        librdkafka_config(producer_options_for(config, buffer_memory=1))
