@@ -143,6 +143,9 @@ class ConfluentClient:
         self.fatal = False
         conf = librdkafka_config(kwargs)
         conf["error_cb"] = self._error
+        # The parent reports an outage once (error_cb above): librdkafka's own per-reconnect
+        # log lines would flood stderr while the broker is down.
+        conf.setdefault("log_level", 2)
         self.producer = Producer(conf)
 
     def _delivered(self, err: Any, msg: Any) -> None:
@@ -157,10 +160,10 @@ class ConfluentClient:
         if err.fatal():  # e.g. the idempotent producer id is no longer known: rebuild
             self.fatal = True
             self._unreachable(f"fatal: {err.str()}")
-        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self._unreachable(f"KafkaError: {err.str()}")
-        else:  # one connection attempt failed: librdkafka retries by itself
+        elif err.code() == KafkaError._TRANSPORT:  # one connection dropped: retried by itself
             log.debug("librdkafka: %s", err.str())
+        else:  # all brokers down, authentication, TLS, name resolution...
+            self._unreachable(f"KafkaError: {err.str()}")
 
     def send(self, topic: str, key: bytes, value: bytes) -> None:
         try:
