@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from monitor import localstack  # noqa: E402
+from serving import kafka_clients  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving_tools import Sidecar, bodies, build_cnn, cpu_seconds, raw_run, wrk  # noqa: E402
@@ -51,7 +52,7 @@ def compare(
 ) -> dict[str, Any]:
     scripts = bodies(x, workdir, name)
     raw = raw_run(model, x, 3.0)
-    on = Sidecar(model, name, broker.address, workdir)
+    on = Sidecar(model, name, broker.address, workdir, kafka_client=args.kafka_client)
     off = Sidecar(model, name, None, workdir)
     url = "/v2/models/" + name + "/infer"
     runs: dict[str, list[dict[str, float]]] = {
@@ -111,7 +112,14 @@ def compare(
 
 def soak(model: Path, x: np.ndarray, args: Any, workdir: Path) -> dict[str, Any]:
     broker = localstack.start_tansu()
-    side = Sidecar(model, "digits", broker.address, workdir, queue_size=args.soak_queue)
+    side = Sidecar(
+        model,
+        "digits",
+        broker.address,
+        workdir,
+        queue_size=args.soak_queue,
+        kafka_client=args.kafka_client,
+    )
     bodies(x, workdir, "soak")
     body = workdir / "soak.bin"
     hlen = str(len(body.read_bytes()) - x.nbytes)
@@ -205,7 +213,8 @@ def render(
         "One sidecar process (uvicorn + uvloop + httptools, onnxruntime CPU with 1 intra-op "
         "thread), `wrk` on loopback, the record stream to a real Tansu broker on the same machine. "
         f"{args.rounds} alternating rounds of {args.duration} s per measurement, medians shown. "
-        f"Machine: {os.cpu_count()} cores shared with other work (load average at start: {load}).",
+        f"Machine: {os.cpu_count()} cores shared with other work (load average at start: {load}). "
+        f"Producer client (`serving.kafka_client`): **{args.kafka_client}**.",
         "",
     ]
     if results:
@@ -276,7 +285,7 @@ def _render_compare(results: list[dict[str, Any]], args: Any) -> list[str]:
         "",
         "Measured from `/proc` per thread and process, so it holds even when other work on the "
         "machine makes throughput noisy. *record thread* = the sidecar's record-building thread "
-        "(plus onnxruntime/uvicorn helpers); *producer* = the kafka-python child process; "
+        f"(plus onnxruntime/uvicorn helpers); *producer* = the {args.kafka_client} child process; "
         "*broker* = Tansu (off: idle).",
         "",
         "| model | stream | event loop | record thread | producer process | broker | total |",
@@ -308,7 +317,7 @@ def _render_compare(results: list[dict[str, Any]], args: Any) -> list[str]:
             f"- {r['name']}: the record stream costs {extra:.0f} µs of CPU per request "
             f"({100 * extra / base:.0f} % of the {base:.0f} µs a request costs without it): "
             f"event loop {cpu['on']['main'] - cpu['off']['main']:+.0f}, record thread "
-            f"{cpu['on']['threads'] - cpu['off']['threads']:+.0f}, kafka-python process "
+            f"{cpu['on']['threads'] - cpu['off']['threads']:+.0f}, {args.kafka_client} process "
             f"{cpu['on']['producer']:.0f}, broker {cpu['on']['broker']:.0f}. When the machine is "
             "CPU-bound, throughput with the stream on can be at best that fraction lower; "
             f"at batch 1 and one connection the p50 moves by "
@@ -318,10 +327,13 @@ def _render_compare(results: list[dict[str, Any]], args: Any) -> list[str]:
         "- Wall-clock throughput and p99 on this shared 2-core machine vary by tens of percent "
         "between identical rounds (see the per-round numbers): other jobs, wrk, the broker and "
         "the producer process all share the same two cores. The CPU table is the stable measure.",
-        "- The kafka-python producer is pure Python (~13 µs/record in a tight loop, ~20-25 µs "
-        "at serving rates with per-batch protocol work); it runs in a child process so it never "
-        "holds the serving GIL. A librdkafka client (confluent-kafka) would cut that to a few "
-        "µs; it is the remaining lever for a ≤ 5 % on/off difference on a CPU-bound host.",
+        "- The producer child runs confluent-kafka (librdkafka) when it is installed "
+        "(`serving.kafka_client: auto`), else kafka-python. kafka-python is pure Python "
+        "(~13 µs/record in a tight loop, 22-24 µs per request at these rates); librdkafka "
+        "costs 8-10 µs per request with gzip, about half of it compressing (4 µs with lz4, "
+        "which the monitor's kafka-python consumer can only read with the `lz4` package). "
+        "`--kafka-client kafka-python` measures the other client. What is left is in the "
+        "serving process: the record thread and the event loop's enqueue.",
         "",
         "Per-round numbers (binary, stream on / off):",
         "",
@@ -358,7 +370,14 @@ def main() -> int:
     p.add_argument("--soak-only", action="store_true", help="skip the latency/throughput runs")
     p.add_argument("--models", default="digits,cnn100k", help="comma-separated subset")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument(
+        "--kafka-client",
+        choices=kafka_clients.CLIENTS,
+        default="auto",
+        help="the sidecar's producer client (serving.kafka_client)",
+    )
     args = p.parse_args()
+    args.kafka_client = kafka_clients.resolve(args.kafka_client)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     workdir = Path(tempfile.mkdtemp(prefix="repwatch-bench-serving-"))
     cnn = workdir / "cnn100k.onnx"

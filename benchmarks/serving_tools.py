@@ -179,7 +179,13 @@ def cpu_seconds(stat_path: str) -> float:
 # ---- the sidecar as a subprocess ----------------------------------------------------------------
 class Sidecar:
     def __init__(
-        self, model: Path, name: str, broker: str | None, workdir: Path, queue_size: int = 10000
+        self,
+        model: Path,
+        name: str,
+        broker: str | None,
+        workdir: Path,
+        queue_size: int = 10000,
+        kafka_client: str = "auto",
     ) -> None:
         self.port = localstack.free_port()
         cfg = {
@@ -191,6 +197,7 @@ class Sidecar:
                 "intra_op_threads": 1,
                 "stream_records": broker is not None,
                 "queue_size": queue_size,
+                "kafka_client": kafka_client,
             },
         }
         path = workdir / f"{name}-{self.port}.yaml"
