@@ -41,6 +41,6 @@ def install() -> bool:
 
     # default_records imported the function by name, so patch both places.
     util.calc_crc32c = calc_crc32c
-    default_records.calc_crc32c = calc_crc32c  # type: ignore[attr-defined]
+    default_records.calc_crc32c = calc_crc32c
     _installed = True
     return True
