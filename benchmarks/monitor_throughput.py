@@ -12,7 +12,8 @@ stream at that rate):
   (k = 10) on every record against a 10k reference;
 * **ood2k**: the same with the kNN reference at 2k rows;
 * each also with ``check_crcs=False`` (kafka-python verifies batch CRCs; in pure Python unless
-  a C implementation is present: ``google-crc32c`` via ``monitor.kafka_crc``, or ``crc32c``) and with ``prefetch`` (poll + decode on a thread);
+  a C implementation is present: ``google-crc32c`` via ``monitor.kafka_crc``, or ``crc32c``)
+  and with ``prefetch`` (poll + decode on a thread);
 * **ceilings**: the same topic read by a bare kafka-python consumer (no decode), then with
   ``decode_many``: what the client and the codec allow before any detector runs.
 
