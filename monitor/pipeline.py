@@ -109,7 +109,22 @@ class _Stage:
         return None
 
 
-class WindowStage(_Stage):
+class _WindowedStage(_Stage):
+    """A stage whose state is a window (:class:`WindowState`) plus the alert episode."""
+
+    state: WindowState
+
+    def get_state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+        arrays, meta = self.state.get_state()
+        return arrays, {**meta, "episode": self.episode}
+
+    def set_state(self, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> None:
+        meta = dict(meta)
+        self.episode = bool(meta.pop("episode", False))
+        self.state = WindowState.from_state(arrays, meta)
+
+
+class WindowStage(_WindowedStage):
     """Batch drift test per closed window."""
 
     kind = "window"
@@ -158,15 +173,6 @@ class WindowStage(_Stage):
                 "window_spec": self.window.describe(),
             },
         )
-
-    def get_state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
-        arrays, meta = self.state.get_state()
-        return arrays, {**meta, "episode": self.episode}
-
-    def set_state(self, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> None:
-        meta = dict(meta)
-        self.episode = bool(meta.pop("episode", False))
-        self.state = WindowState.from_state(arrays, meta)
 
 
 class SequentialStage(_Stage):
@@ -241,7 +247,7 @@ class SequentialStage(_Stage):
         self.last_detection = int(meta["last_detection"])
 
 
-class RecordStage(_Stage):
+class RecordStage(_WindowedStage):
     """Per-record scores and flags, aggregated per window for alerting."""
 
     kind = "record"
@@ -293,15 +299,6 @@ class RecordStage(_Stage):
                 "window_spec": self.window.describe(),
             },
         )
-
-    def get_state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
-        arrays, meta = self.state.get_state()
-        return arrays, {**meta, "episode": self.episode}
-
-    def set_state(self, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> None:
-        meta = dict(meta)
-        self.episode = bool(meta.pop("episode", False))
-        self.state = WindowState.from_state(arrays, meta)
 
 
 def stage_for(det_id: str, det: Any, cfg: DetectorConfig, pipe: Pipeline) -> _Stage | None:
