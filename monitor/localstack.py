@@ -13,11 +13,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -225,6 +228,57 @@ def _launch(name: str, argv: list[str], port: int, workdir: Path) -> Service:
         svc.stop()
         raise
     return svc
+
+
+class WebhookReceiver:
+    """A loopback HTTP server that records every POST: an incident webhook (PagerDuty, Slack)
+    or Alertmanager's receiver, for the demo and the tests."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict[str, str], bytes]] = []  # (path, headers, body)
+        self.cond = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.cond:
+                    receiver.posts.append((self.path, dict(self.headers), body))
+                    receiver.cond.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def requests(self) -> list[tuple[dict[str, str], bytes]]:
+        """Every POST so far as (headers, body), whatever its path."""
+        with self.cond:
+            return [(h, b) for _, h, b in self.posts]
+
+    def wait_for(self, count: int, timeout: float) -> list[Any]:
+        """Wait for ``count`` POSTs in all; return every body so far, JSON-decoded."""
+        with self.cond:
+            self.cond.wait_for(lambda: len(self.posts) >= count, timeout)
+            return [json.loads(body) for _, _, body in self.posts]
+
+    def wait(self, path: str, timeout: float) -> list[tuple[dict[str, str], bytes]]:
+        """Wait for at least one POST to ``path``; return all of them as (headers, body)."""
+        def on_path() -> list[tuple[dict[str, str], bytes]]:
+            return [(h, b) for p, h, b in self.posts if p == path]
+
+        with self.cond:
+            self.cond.wait_for(lambda: bool(on_path()), timeout)
+            return on_path()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @contextlib.contextmanager

@@ -5,16 +5,13 @@ A missing binary fails the test with the install command; these fixtures never s
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from monitor import localstack
-from monitor.localstack import Service, ServiceMissing
+from monitor.localstack import Service, ServiceMissing, WebhookReceiver
 
 # Tansu holds a consumer's first JoinGroup for session_timeout_ms/2: keep it short.
 CONSUMER_TIMEOUTS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
@@ -44,41 +41,6 @@ def prometheus() -> Iterator[Service]:
     """A Prometheus scraping every 1 s; change targets with localstack.set_scrape_targets."""
     with localstack.running(_start(localstack.start_prometheus, [])) as svc:
         yield svc
-
-
-class WebhookReceiver:
-    """A loopback HTTP server that records every POST (stands in for PagerDuty/Slack)."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.cond = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with receiver.cond:
-                    receiver.requests.append((dict(self.headers), body))
-                    receiver.cond.notify_all()
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def wait_for(self, count: int, timeout: float) -> list[Any]:
-        with self.cond:
-            self.cond.wait_for(lambda: len(self.requests) >= count, timeout)
-            return [json.loads(body) for _, body in self.requests]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="session")
