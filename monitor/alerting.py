@@ -13,7 +13,7 @@ import logging
 from typing import Any, Protocol
 
 from monitor.alerts import Finding, encode_event, kafka_headers, to_cloudevent
-from monitor.config import Config, read_secret
+from monitor.config import Config, SecretRef, read_secret
 from monitor.sinks import AlertLedger, Webhook, WebhookDispatcher
 from monitor.telemetry import MonitorMetrics
 
@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 class _Sender(Protocol):
     def send(self, topic: str, value: bytes, key: bytes | None = ...,
              headers: list[tuple[str, bytes]] | None = ..., on_success: Any = ...) -> None: ...
+
+
+def _secrets(refs: list[SecretRef]) -> list[bytes]:
+    return [s for s in (read_secret(r) for r in refs) if s is not None]
 
 
 class Alerter:
@@ -35,7 +39,7 @@ class Alerter:
         self.producer = producer
         hooks = [
             Webhook(w.url, read_secret(w.secret), w.timeout_seconds, w.max_retries,
-                    w.deadline_seconds)
+                    w.deadline_seconds, tuple(_secrets(w.extra_secrets)))
             for w in self.cfg.alerts.webhooks
         ]
         self.webhooks = WebhookDispatcher(hooks, self.delivery_result)

@@ -139,7 +139,18 @@ class ModelConfig(_Model):
 
 class WebhookConfig(_Model):
     url: str = Field(pattern=r"^https?://")
-    secret: SecretRef | None = None
+    secret: SecretRef | None = Field(
+        None, description="signing secret (raw, or whsec_<base64> as Standard Webhooks issues)"
+    )
+    extra_secrets: list[SecretRef] = Field(
+        [], description="more signing secrets while one is rotated: one more v1 signature each"
+    )
+
+    @model_validator(mode="after")
+    def _primary_secret(self) -> WebhookConfig:
+        if self.extra_secrets and self.secret is None:
+            raise ValueError("extra_secrets rotate alongside a primary 'secret': set 'secret' too")
+        return self
     timeout_seconds: float = Field(5.0, gt=0)
     max_retries: int = Field(5, ge=0)
     deadline_seconds: float = Field(60.0, gt=0)

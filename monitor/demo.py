@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     from kafka import KafkaConsumer
 
     from monitor import localstack
-    from monitor.alerts import SIGNATURE_HEADER, verify
+    from monitor.alerts import verify
     from monitor.config import Config
     from monitor.metrics import serve_metrics
     from monitor.runtime import Worker
@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
                 headers, body = drift[0]
                 event = json.loads(body)
                 print("\ndrift alert CloudEvent (webhook, signature "
-                      f"{'valid' if verify(body, SECRET, headers[SIGNATURE_HEADER]) else 'BAD'}):")
+                      f"{'valid' if verify(body, SECRET, headers) else 'BAD'}):")
                 print(json.dumps(event, indent=2))
             print(f"webhook deliveries: {[json.loads(b)['type'] for _, b in hooks]}")
             consumer = KafkaConsumer(config.topics.alerts, bootstrap_servers=broker.address,

@@ -8,9 +8,12 @@ done; on start the worker re-sends what was claimed but not delivered (the outbo
 between claim and send loses nothing. The ledger lives in the checkpoint directory.
 
 **Webhooks** are POSTed from one background thread per webhook (a dead endpoint does not delay
-the others) with an HMAC-SHA256 signature header,
-exponential backoff with jitter and a per-alert deadline; the queue is bounded and
-:meth:`WebhookDispatcher.submit` never blocks, so an unreachable webhook never stalls consumption.
+the others), signed to the Standard Webhooks spec (:func:`monitor.alerts.delivery_headers`: the
+alert key as ``webhook-id`` on every attempt, a fresh ``webhook-timestamp`` and one ``v1``
+signature per secret on each attempt, so a retry 50 s later is still inside a receiver's
+tolerance window), with a ``repwatch/<version>`` User-Agent, exponential backoff with jitter and
+a per-alert deadline; the queue is bounded and :meth:`WebhookDispatcher.submit` never blocks, so
+an unreachable webhook never stalls consumption.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monitor.alerts import CONTENT_TYPE, DELIVERY_HEADER, SIGNATURE_HEADER, encode_event, sign
+from monitor.alerts import CONTENT_TYPE, delivery_headers, encode_event, signing_key
+from monitor.version import user_agent
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +97,26 @@ class AlertLedger:
 
 @dataclass(frozen=True)
 class Webhook:
+    """One webhook endpoint: ``secret`` signs, ``extra_secrets`` add signatures in a rotation."""
+
     url: str
     secret: bytes | None = None
     timeout_seconds: float = 5.0
     max_retries: int = 5
     deadline_seconds: float = 60.0
+    extra_secrets: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        for s in self.secrets:
+            try:
+                signing_key(s)
+            except ValueError as exc:
+                raise ValueError(f"webhook {self.url}: {exc}") from None
+
+    @property
+    def secrets(self) -> tuple[bytes, ...]:
+        """Every signing secret, the primary first (it also signs the deprecated header)."""
+        return ((self.secret,) if self.secret is not None else ()) + tuple(self.extra_secrets)
 
     @property
     def sink(self) -> str:
@@ -113,8 +132,10 @@ class WebhookDispatcher:
         on_result: Callable[[str, str, str], None] | None = None,
         max_queue: int = 1000,
         backoff_seconds: float = 0.5,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.webhooks = webhooks
+        self.clock = clock  # the webhook-timestamp of each attempt
         self.on_result = on_result or (lambda key, sink, outcome: None)
         self.backoff = backoff_seconds
         self._stop = threading.Event()
@@ -149,13 +170,12 @@ class WebhookDispatcher:
             self.on_result(key, hook.sink, outcome)
 
     def _deliver(self, key: str, body: bytes, hook: Webhook, deadline: float) -> str:
-        headers = {"Content-Type": CONTENT_TYPE, DELIVERY_HEADER: key}
-        if hook.secret is not None:
-            headers[SIGNATURE_HEADER] = sign(body, hook.secret)
         for attempt in range(hook.max_retries + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._stop.is_set():
                 break
+            headers = {"Content-Type": CONTENT_TYPE, "User-Agent": user_agent(),
+                       **delivery_headers(key, body, hook.secrets, int(self.clock()))}
             req = urllib.request.Request(hook.url, data=body, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(req, timeout=min(hook.timeout_seconds, remaining)):
