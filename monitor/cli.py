@@ -13,6 +13,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from monitor.cli_format import Parser
+from monitor.version import version
+
 # Modules that add sub-commands, in --help order.
 COMMAND_MODULES = (
     "monitor.cli_config",
@@ -24,11 +27,15 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="repwatch",
         description="Drift and security monitoring for ML models in SSL representation space.",
+        epilog="Run 'repwatch COMMAND --help' for a command's options.",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                        help="print the installed version and exit")
+    parser.add_argument("--log-level", default="INFO",
+                        help="logging level: DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:

@@ -8,10 +8,18 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("config", help="inspect configuration files")
+    p = sub.add_parser(
+        "config",
+        help="inspect configuration files",
+        description="Inspect repwatch configuration files (one YAML file, REPWATCH_* overrides).",
+    )
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = csub.add_parser(
-        "check", help="validate FILE (plus REPWATCH_* overrides) and print the effective config"
+        "check",
+        help="validate FILE (plus REPWATCH_* overrides) and print the effective config",
+        description="Validate FILE with the REPWATCH_* environment overrides applied; print the "
+        "effective configuration as YAML (secrets as references), or the exact error with exit "
+        "status 2.",
     )
     check.add_argument("file", help="YAML configuration file")
     check.set_defaults(func=_check)

@@ -20,15 +20,33 @@ log = logging.getLogger("repwatch.monitor")
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("monitor", help="run a monitor worker (Kafka consumer group member)")
+    p = sub.add_parser(
+        "monitor",
+        help="run a monitor worker (Kafka consumer group member)",
+        description="Run a monitor worker: consume the records topic in the consumer group, run "
+        "each model's detectors, checkpoint, commit, and send alerts (Kafka topic, webhooks). "
+        "Serves /metrics and, when monitor.admin_port is set, the admin API. Stops cleanly on "
+        "SIGTERM or SIGINT.",
+    )
     p.add_argument("--config", required=True, help="YAML configuration file")
     p.add_argument("--max-seconds", type=float, default=None,
-                   help="stop (checkpoint, commit, leave the group) after this long")
+                   help="stop (checkpoint, commit, leave the group) after this long "
+                   "(default: run until SIGTERM or SIGINT)")
     p.set_defaults(func=_monitor)
 
-    r = sub.add_parser("reference", help="build or replace model references")
+    r = sub.add_parser(
+        "reference",
+        help="build or replace model references",
+        description="Build a model's reference (what its detectors compare against) or swap it "
+        "in a running worker.",
+    )
     rsub = r.add_subparsers(dest="reference_command", metavar="ACTION", required=True)
-    fit = rsub.add_parser("fit", help="fit a model's detectors and save a reference directory")
+    fit = rsub.add_parser(
+        "fit",
+        help="fit a model's detectors and save a reference directory",
+        description="Fit a model's configured detectors on embeddings from an array file or a "
+        "time/offset range of the records topic, and save the reference directory.",
+    )
     fit.add_argument("--config", required=True, help="YAML configuration file")
     fit.add_argument("--model", required=True, help="configured model name")
     fit.add_argument("--out", required=True, help="reference directory to write")
@@ -36,17 +54,28 @@ def register(sub: Any) -> None:
     src.add_argument("--array", help="embeddings file (.npy, or .npz with array 'X')")
     src.add_argument("--from-topic", action="store_true",
                      help="read the model's records from the records topic")
-    fit.add_argument("--start", help="from-topic: ISO time or epoch ms of the first record")
-    fit.add_argument("--end", help="from-topic: ISO time or epoch ms after the last record")
-    fit.add_argument("--start-offset", type=int, help="from-topic: first offset per partition")
-    fit.add_argument("--end-offset", type=int, help="from-topic: end offset per partition")
-    fit.add_argument("--model-version", help="from-topic: only records of this model version")
-    fit.add_argument("--max-records", type=int, default=200_000)
+    fit.add_argument("--start", help="from-topic: ISO time or epoch ms of the first record "
+                     "(default: the earliest retained)")
+    fit.add_argument("--end", help="from-topic: ISO time or epoch ms after the last record "
+                     "(default: the end of the topic now)")
+    fit.add_argument("--start-offset", type=int, help="from-topic: first offset per partition "
+                     "(default: the earliest retained)")
+    fit.add_argument("--end-offset", type=int, help="from-topic: end offset per partition "
+                     "(default: the end of the topic now)")
+    fit.add_argument("--model-version", help="from-topic: only records of this model version "
+                     "(default: every version)")
+    fit.add_argument("--max-records", type=int, default=200_000,
+                     help="from-topic: use at most this many of the model's records")
     fit.set_defaults(func=_fit)
 
-    rep = rsub.add_parser("replace", help="swap the reference of a running worker (admin API)")
+    rep = rsub.add_parser(
+        "replace",
+        help="swap the reference of a running worker (admin API)",
+        description="Ask a running worker, through its admin API (bearer token), to load a new "
+        "reference for a model; the worker logs the replacement and keeps it across restarts.",
+    )
     rep.add_argument("--url", required=True, help="admin API base URL, e.g. http://127.0.0.1:9109")
-    rep.add_argument("--model", required=True)
+    rep.add_argument("--model", required=True, help="configured model name")
     rep.add_argument("--path", required=True, help="reference path as seen by the worker")
     rep.add_argument("--token-env", default="REPWATCH_ADMIN_TOKEN",
                      help="environment variable holding the admin token")

@@ -42,9 +42,14 @@ def register(sub: Any) -> None:
         "demo",
         help="run the end-to-end demo: sidecar -> Kafka -> monitor -> Prometheus -> Alertmanager "
         "(local stack, loopback only)",
+        description="Start a broker, Prometheus and Alertmanager on loopback, send a clean then a "
+        "drifted phase of digit images through the serving sidecar, and print the alerts from "
+        "Kafka and a signed webhook, PromQL answers and the Alertmanager notification.",
     )
-    p.add_argument("--records", type=int, default=1500, help="records per phase (default 1500)")
-    p.add_argument("--synthetic", action="store_true", help="skip the bundled digits models")
+    p.add_argument("--records", type=int, default=1500, help="records per phase")
+    p.add_argument("--synthetic", action="store_true",
+                   help="send synthetic embeddings straight to Kafka instead of images through "
+                   "the bundled digits models")
     p.set_defaults(func=run)
 
 

@@ -9,11 +9,16 @@ from typing import Any
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "serve", help="run the serving sidecar (Open Inference Protocol + record stream)"
+        "serve",
+        help="run the serving sidecar (Open Inference Protocol + record stream)",
+        description="Run the serving sidecar: the configured ONNX models (or tap mode in front of "
+        "an upstream OIP server) over the Open Inference Protocol v2, with every prediction's "
+        "embedding streamed to the records topic off the request path; /v1/records, "
+        "/v1/feedback and /metrics beside it.",
     )
     p.add_argument("--config", required=True, help="YAML configuration file")
-    p.add_argument("--host", help="override serving.host")
-    p.add_argument("--port", type=int, help="override serving.port")
+    p.add_argument("--host", help="listen address (default: serving.host of the config)")
+    p.add_argument("--port", type=int, help="HTTP port (default: serving.port of the config)")
     p.set_defaults(func=_serve)
 
 

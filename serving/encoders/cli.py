@@ -34,20 +34,25 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description="Train an encoder with SimCLR or VICReg; writes a checkpoint (.pt).",
     )
     t.add_argument("data", type=Path, help="unlabelled array: .npy, .npz or .parquet")
-    t.add_argument("--key", help="array name inside an .npz archive")
-    t.add_argument("--objective", choices=("simclr", "vicreg"), default="simclr")
-    t.add_argument("--modality", choices=("image", "tabular"), default="tabular")
+    t.add_argument("--key", help="array name inside an .npz archive (default: its only array)")
+    t.add_argument("--objective", choices=("simclr", "vicreg"), default="simclr",
+                   help="self-supervised objective: contrastive SimCLR or non-contrastive VICReg")
+    t.add_argument("--modality", choices=("image", "tabular"), default="tabular",
+                   help="chooses the backbone (CNN or MLP) and the augmentations")
     t.add_argument("--image-shape", type=int, nargs=3, metavar=("C", "H", "W"),
                    help="shape of one image when rows are flat (default: square, 1 channel)")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--embed-dim", type=int, default=32)
-    t.add_argument("--width", type=int, default=64)
+    t.add_argument("--epochs", type=int, default=100, help="most epochs to train")
+    t.add_argument("--batch-size", type=int, default=256,
+                   help="rows per step (each row gives two augmented views)")
+    t.add_argument("--lr", type=float, default=2e-3,
+                   help="AdamW learning rate (cosine schedule over the epochs)")
+    t.add_argument("--embed-dim", type=int, default=32, help="embedding size")
+    t.add_argument("--width", type=int, default=64, help="backbone width (channels or units)")
     t.add_argument("--val-fraction", type=float, default=0.2,
                    help="rows held out for early stopping")
-    t.add_argument("--patience", type=int, default=15)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--patience", type=int, default=15,
+                   help="epochs without held-out improvement before stopping early")
+    t.add_argument("--seed", type=int, default=0, help="seed of the split, weights and views")
     t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     t.add_argument("--out", type=Path, default=Path("encoder.pt"), help="checkpoint path")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -60,7 +65,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     e.add_argument("checkpoint", type=Path, help="checkpoint from `repwatch encoder train`")
     e.add_argument("--out", type=Path, help="ONNX path (default: checkpoint with .onnx)")
-    e.add_argument("--opset", type=int, default=18)
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     e.set_defaults(func=_export_cmd)
 
     m = sub.add_parser(
@@ -70,9 +75,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     m.add_argument("model", type=Path, help="ONNX model")
     m.add_argument("data", type=Path, help="array file: .npy, .npz or .parquet")
-    m.add_argument("--key", help="array name inside an .npz archive")
+    m.add_argument("--key", help="array name inside an .npz archive (default: its only array)")
     m.add_argument("--output", default="embedding", help="name of the embedding output")
-    m.add_argument("--out", type=Path, default=Path("embeddings.npy"))
+    m.add_argument("--out", type=Path, default=Path("embeddings.npy"),
+                   help="where to save the embeddings (.npy)")
     m.set_defaults(func=_embed_cmd)
     return enc
 
@@ -170,7 +176,9 @@ def _embed_cmd(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry point: ``python -m serving.encoders.cli encoder train …``."""
-    parser = argparse.ArgumentParser(prog="repwatch")
+    from monitor.cli_format import Parser
+
+    parser = Parser(prog="repwatch")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     result: int = args.func(args)

@@ -88,3 +88,59 @@ def test_reference_fit_from_a_time_range_of_the_records_topic(mon, tmp_path: Pat
     assert json.loads(capsys.readouterr().out)["rows"] == 200  # records 100..299
     expected = np.stack([r.embedding for r in recs[100:300]]).astype(np.float64)
     assert np.allclose(load_reference(config.models[0], out).mean, expected.mean(axis=0))
+
+
+def _parsers(parser, path=("repwatch",)):
+    """Every parser of the command line with its command path, depth first."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            listed = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                assert listed.get(name), f"{' '.join(path)} {name} has no help in the listing"
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_command_has_a_description_and_every_option_help_and_its_default() -> None:
+    import argparse
+
+    from monitor.cli import build_parser
+
+    seen = 0
+    for path, parser in _parsers(build_parser()):
+        command = " ".join(path)
+        assert parser.description, f"{command} has no description"
+        formatter = parser._get_formatter()
+        one_of = {id(a) for g in parser._mutually_exclusive_groups if g.required
+                  for a in g._group_actions}  # one of them must be given: no default
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            assert action.help, f"{command} {name} has no help"
+            optional = action.option_strings and not action.required and id(action) not in one_of
+            if optional and action.nargs != 0:  # flags are off unless given
+                shown = formatter._get_help_string(action) % {"default": action.default}
+                assert "default" in shown, f"{command} {name} shows no default: {shown!r}"
+            seen += 1
+    assert seen > 40  # the walk reached the sub-commands' options
+
+
+def test_help_shows_defaults_and_version_prints_the_installed_version(capsys) -> None:
+    from monitor.cli import main
+    from monitor.version import version
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"repwatch {version()}" != "repwatch 0+unknown"
+    with pytest.raises(SystemExit):
+        main(["reference", "fit", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: 200000)" in out and "Fit a model's configured detectors" in out
+    with pytest.raises(SystemExit):
+        main(["encoder", "train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "most epochs to train (default: 100)" in out and "(default: simclr)" in out
