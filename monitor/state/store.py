@@ -288,16 +288,7 @@ class KeyedStateStore:
         else:
             slot = len(self._slot_keys)
             self._slot_keys.append(None)
-            if slot >= self._last_seen.size:
-                n = max(1024, 2 * self._last_seen.size)
-                self._last_seen = np.concatenate(
-                    [self._last_seen, np.full(n - self._last_seen.size, _NEVER, np.int64)])
-                self._ticks = np.concatenate([self._ticks, np.zeros(n - self._ticks.size,
-                                                                    np.int64)])
-                self._persisted = np.concatenate(
-                    [self._persisted, np.zeros(n - self._persisted.size, bool)])
-            if (slot >> self._shift) >= len(self._pages):
-                self._pages.append(np.zeros(self.page_rows, dtype=self.schema.dtype))
+            self._grow(slot + 1)
         self._pages[slot >> self._shift][slot & self._mask] = self._proto
         self._slot_keys[slot] = key
         self._last_seen[slot] = _UNSEEN
@@ -305,6 +296,17 @@ class KeyedStateStore:
         self._index[key] = slot
         self._key_bytes += len(key)
         return slot
+
+    def _grow(self, slots: int) -> None:
+        """Make room for slot numbers below ``slots`` (metadata doubles, pages are added)."""
+        if slots > self._last_seen.size:
+            n = max(1024, 2 * self._last_seen.size, slots)
+            grow = n - self._last_seen.size
+            self._last_seen = np.concatenate([self._last_seen, np.full(grow, _NEVER, np.int64)])
+            self._ticks = np.concatenate([self._ticks, np.zeros(grow, np.int64)])
+            self._persisted = np.concatenate([self._persisted, np.zeros(grow, bool)])
+        while len(self._pages) << self._shift < slots:
+            self._pages.append(np.zeros(self.page_rows, dtype=self.schema.dtype))
 
     def _evict(self, key: str, slot: int, reason: str) -> None:
         if self.on_evict is not None:
@@ -454,8 +456,10 @@ class KeyedStateStore:
         self._remove_unreferenced(m.segments)
         self.seq, self.offset, self.meta, self._segments = m.seq, m.offset, m.meta, m.segments
         self.watermark_ms, self._tick = m.watermark_ms, m.tick
-        order = sorted(self._index.items(), key=lambda kv: int(self._ticks[kv[1]]))
-        self._index = OrderedDict(order)
+        keys = list(self._index)
+        slots = np.fromiter(self._index.values(), np.intp, len(keys))
+        order = np.argsort(self._ticks[slots], kind="stable").tolist()
+        self._index = OrderedDict((keys[i], int(slots[i])) for i in order)
         self._persisted[np.fromiter(self._index.values(), np.intp, len(self._index))] = True
         while len(self._index) > self.capacity:  # the limit shrank since it was written
             old, old_slot = next(iter(self._index.items()))
@@ -466,19 +470,38 @@ class KeyedStateStore:
             slot = self._index.pop(key, None)
             if slot is not None:
                 self._release(key, slot)
-        slots = np.empty(len(seg.keys), dtype=np.intp)
-        for i, key in enumerate(seg.keys):
-            s = self._index.get(key)
-            slots[i] = self._alloc(key) if s is None else s
+        n = len(seg.keys)
+        if not self._index and not self._slot_keys:  # a base into an empty store: in bulk
+            self._grow(n)
+            self._slot_keys = list(seg.keys)
+            self._index = OrderedDict(zip(seg.keys, range(n), strict=True))
+            self._key_bytes = sum(map(len, seg.keys))
+            slots = np.arange(n, dtype=np.intp)
+        else:
+            slots = np.empty(n, dtype=np.intp)
+            for i, key in enumerate(seg.keys):
+                s = self._index.get(key)
+                slots[i] = self._alloc(key) if s is None else s
         self._last_seen[slots] = seg.last_seen
         self._ticks[slots] = seg.ticks
         for f in self.schema.fields:
             for start, arr in seg.field_chunks(f.name, _LOAD_CHUNK_ROWS):
-                dst = slots[start:start + len(arr)]
-                pg = dst >> self._shift
-                for p in np.unique(pg).tolist():
-                    sel = pg == p
-                    self._pages[p][f.name][dst[sel] & self._mask] = arr[sel]
+                self._scatter(f.name, slots[start:start + len(arr)], arr)
+
+    def _scatter(self, name: str, dst: NDArray[np.intp], arr: NDArray[Any]) -> None:
+        if dst.size and dst[-1] - dst[0] == dst.size - 1 and bool(np.all(np.diff(dst) == 1)):
+            i = 0  # consecutive slots (a base): plain slices, page by page
+            while i < dst.size:
+                s = int(dst[0]) + i
+                off = s & self._mask
+                k = min(dst.size - i, self.page_rows - off)
+                self._pages[s >> self._shift][name][off:off + k] = arr[i:i + k]
+                i += k
+            return
+        pg = dst >> self._shift
+        for p in np.unique(pg).tolist():
+            sel = pg == p
+            self._pages[p][name][dst[sel] & self._mask] = arr[sel]
 
 
 def set_aside(directory: str | os.PathLike[str]) -> Path:
