@@ -117,7 +117,12 @@ class OODDetector(Detector):
         for key in list(self._learned()):  # a refit starts clean
             delattr(self, key)
         if self._holdout:
-            fit_idx, cal_idx = calibration_split(X.shape[0], self.calibration_fraction, self.seed)
+            fit_idx, cal_idx = calibration_split(
+                X.shape[0],
+                self.calibration_fraction,
+                self.seed,
+                getattr(self, "max_calibration", None),  # detectors that cap it (kNN)
+            )
         else:
             fit_idx = cal_idx = np.arange(X.shape[0])
         if fit_idx.shape[0] < self._min_fit_rows:

@@ -26,12 +26,18 @@ FloatArray = NDArray[np.float64]
 
 
 def calibration_split(
-    n: int, fraction: float, seed: int | None
+    n: int, fraction: float, seed: int | None, max_rows: int | None = None
 ) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     """Seeded split of ``n`` reference rows into ``(fit_idx, cal_idx)``, both sorted.
 
-    At least one row goes to each side; ``fraction`` is the share held out for calibration.
+    At least one row goes to each side; ``fraction`` is the share held out for calibration,
+    at most ``max_rows`` rows (the rest of the share is fitted on). The cap keeps calibration
+    linear in ``n`` for detectors whose scoring cost grows with the fitted reference (kNN:
+    ``0.2 n`` queries against ``0.8 n`` rows is quadratic); the conformal guarantee needs only
+    calibration rows the model did not see, not a fixed share of them.
     """
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_calibration must be >= 1 or None, got {max_rows}")
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"calibration_fraction must be in (0, 1), got {fraction}")
     if n < 2:
@@ -39,7 +45,7 @@ def calibration_split(
             f"the reference has {n} rows; at least 2 are needed to fit and to hold out "
             "calibration data"
         )
-    n_cal = min(n - 1, max(1, round(fraction * n)))
+    n_cal = min(n - 1, max(1, round(fraction * n)), max_rows or n)
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_cal:]), np.sort(perm[:n_cal])
 

@@ -120,3 +120,65 @@ def test_kth_largest_index_matches_a_full_sort(n: int, k: int) -> None:
     idx = kth_largest_index(S, k)
     expected = -np.sort(-S, axis=1)[:, k - 1]
     np.testing.assert_array_equal(S[np.arange(37), idx], expected)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("k", [1, 7, 40])
+def test_reference_searched_in_chunks_matches_brute_force(normalize: bool, k: int) -> None:
+    # block_bytes this small forces column chunks of 4k rows and a running top-k merge
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(2500, 12)) + 0.5
+    Q = rng.normal(size=(300, 12)) + 0.5
+    det = KNNDetector(k=k, normalize=normalize, block_bytes=1 << 14, n_jobs=2).fit(X)
+    np.testing.assert_allclose(
+        det.score(Q), _brute_force(X, Q, k, normalize), rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("k", [1, 3, 25])
+def test_top_k_columns_are_the_k_largest(k: int) -> None:
+    from detectors.ood._exact import top_k_columns
+
+    rng = np.random.default_rng(k)
+    S = rng.normal(size=(29, 3000)).astype(np.float32)
+    cols = top_k_columns(S, k)
+    got = np.sort(np.take_along_axis(S, cols, axis=1), axis=1)
+    np.testing.assert_array_equal(got, np.sort(S, axis=1)[:, -k:])
+
+
+def test_calibration_is_capped_and_the_rest_is_fitted() -> None:
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(3000, 8))
+    det = KNNDetector(k=3, max_calibration=200).fit(X)
+    assert det.calibration_scores_.shape == (200,)
+    assert det.reference_.shape == (2800, 8)
+    # uncapped: the plain 20 % hold-out, as before the cap existed
+    assert KNNDetector(k=3, max_calibration=None).fit(X).reference_.shape == (2400, 8)
+
+
+def _clustered(n: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
+    return centres[rng.integers(0, len(centres), n)] + 0.3 * rng.normal(size=(n, 16))
+
+
+def test_ivf_index_recall_threshold_and_state_round_trip() -> None:
+    rng = np.random.default_rng(13)
+    centres = rng.normal(size=(20, 16))
+    X, Q = _clustered(6000, rng, centres), _clustered(500, rng, centres)
+    exact = KNNDetector(k=5).fit(X)
+    approx = KNNDetector(k=5, approximate_from=1000, nlist=40, nprobe=8).fit(X)
+    assert approx.index_ == "ivf" and exact.index_ == "exact"
+    s_exact, s_approx = exact.score(Q), approx.score(Q)
+    # an approximate search can only miss neighbours: its k-th distance is never shorter
+    assert np.all(s_approx >= s_exact - 1e-9)
+    assert np.mean(np.isclose(s_approx, s_exact, rtol=1e-9)) > 0.95
+    one_probe = KNNDetector(k=5, approximate_from=1000, nlist=40, nprobe=1).fit(X).score(Q)
+    assert np.mean(np.isclose(one_probe, s_exact, rtol=1e-9)) < 0.95  # the index is in use
+    flagged = approx.predict(_clustered(4000, rng, centres)).ood_rate
+    assert flagged < 0.02  # calibrated on the same index: fpr=0.01 holds
+    arrays, meta = approx.get_state()
+    assert arrays["extra.ivf_index"].dtype == np.uint8 and meta["extra"]["index_format"] == 1
+    clone = KNNDetector.from_state(arrays, meta)
+    np.testing.assert_array_equal(clone.score(Q), s_approx)
+    meta["extra"]["index_format"] = 99
+    with pytest.raises(ValueError, match="refit"):
+        KNNDetector.from_state(arrays, meta)
