@@ -135,7 +135,8 @@ def run_worker(cfg: Config, refs: dict[str, Any], n: int) -> dict[str, Any]:
     comp = {}
     for det in ("drift.mmd", "drift.mmd_online", "ood.knn"):
         comp[det] = reg.get_sample_value("repwatch_detector_compute_seconds_sum",
-                                         {"model": cfg.models[0].name, "detector": det}) or 0.0
+                                         {"model": cfg.models[0].name, "model_version": "1",
+                                          "detector": det}) or 0.0
     done = w.processed - n_first
     return {"rate": done / elapsed, "elapsed": elapsed, "cpu_per_1k": cpu / done * 1000,
             "profile": dict(w.profile), "compute": comp,

@@ -15,22 +15,21 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from monitor import metric_catalog as catalog
+from monitor.metrics import declare, register_standard
 from monitor.pipeline import Observation
 
-SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0,
-                 10.0)
-COMPUTE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                   10.0)
+SCORE = catalog.get("repwatch_ood_score")
 
 
 class ScoreHistograms(Collector):
     """``repwatch_ood_score`` histograms, accumulated in bulk with numpy."""
 
-    def __init__(self, buckets: tuple[float, ...] = SCORE_BUCKETS) -> None:
+    def __init__(self, buckets: tuple[float, ...] = SCORE.buckets or ()) -> None:
         self.edges = np.asarray(buckets, dtype=np.float64)
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str, str], NDArray[np.int64]] = {}
@@ -53,11 +52,7 @@ class ScoreHistograms(Collector):
                 del self._counts[key], self._sums[key]
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        fam = HistogramMetricFamily(
-            "repwatch_ood_score",
-            "Per-record scores of the per-record detectors (higher is more anomalous).",
-            labels=["model", "model_version", "detector"],
-        )
+        fam = HistogramMetricFamily(SCORE.name, SCORE.help, labels=list(SCORE.labels))
         with self._lock:
             items = [(k, v.copy(), self._sums[k]) for k, v in self._counts.items()]
         for labels, counts, total in items:
@@ -70,72 +65,47 @@ class ScoreHistograms(Collector):
 
 
 class MonitorMetrics:
-    """Every metric the worker exports (names per ARCHITECTURE.md: ``repwatch_`` prefix)."""
+    """Every metric the worker exports, registered from :mod:`monitor.metric_catalog`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        mv = ["model", "model_version"]
-        det = [*mv, "detector"]
-        self.records = Counter("repwatch_records_processed", "Records run through a pipeline.",
-                               [*mv, "kind"], registry=registry)
-        self.unknown = Counter("repwatch_records_unknown_model",
-                               "Records of models that are not configured (skipped or DLQ).",
-                               registry=registry)
-        self.skipped_replay = Counter(
-            "repwatch_records_already_checkpointed",
-            "Replayed records skipped because a checkpoint already holds them.", registry=registry)
-        self.dlq = Counter("repwatch_dlq_records", "Records sent to the dead-letter topic.",
-                           ["reason"], registry=registry)
-        self.drift_statistic = Gauge("repwatch_drift_statistic", "Last drift test statistic.",
-                                     det, registry=registry)
-        self.drift_p_value = Gauge("repwatch_drift_p_value", "Last drift test p-value.", det,
-                                   registry=registry)
-        self.drift_effect = Gauge("repwatch_drift_effect_size", "Last drift effect size.", det,
-                                  registry=registry)
-        self.drift_detected = Gauge("repwatch_drift_detected",
-                                    "1 if the last test of this detector found drift.", det,
-                                    registry=registry)
-        self.drift_tests = Counter("repwatch_drift_tests", "Drift tests run.", det,
-                                   registry=registry)
-        self.ood_scored = Counter("repwatch_ood_records_scored",
-                                  "Records scored by per-record detectors.", det,
-                                  registry=registry)
-        self.ood_flagged = Counter("repwatch_ood_records_flagged",
-                                   "Records flagged by per-record detectors.", det,
-                                   registry=registry)
+        def m(name: str) -> Any:
+            return declare(name, registry)
+
+        register_standard(registry, "monitor")
+        self.records = m("repwatch_records_processed_total")
+        self.unknown = m("repwatch_records_unknown_model_total")
+        self.skipped_replay = m("repwatch_records_already_checkpointed_total")
+        self.dlq = m("repwatch_dlq_records_total")
+        self.drift_statistic = m("repwatch_drift_statistic")
+        self.drift_threshold = m("repwatch_drift_threshold")
+        self.drift_p_value = m("repwatch_drift_p_value")
+        self.drift_effect = m("repwatch_drift_effect_size")
+        self.drift_detected = m("repwatch_drift_detected")
+        self.drift_tests = m("repwatch_drift_tests_total")
+        self.ood_scored = m("repwatch_ood_records_scored_total")
+        self.ood_flagged = m("repwatch_ood_records_flagged_total")
         self.scores = ScoreHistograms()
         registry.register(self.scores)
-        self.compute = Histogram("repwatch_detector_compute_seconds",
-                                 "Detector compute time per call.", ["model", "detector"],
-                                 buckets=COMPUTE_BUCKETS, registry=registry)
-        self.stage = Counter("repwatch_monitor_stage_seconds",
-                             "Worker time by stage (decode, route, detectors, metrics, ...).",
-                             ["stage"], registry=registry)
-        self.lag = Gauge("repwatch_consumer_lag", "High-water mark minus position.",
-                         ["topic", "partition"], registry=registry)
-        self.alerts = Counter("repwatch_alerts", "Alerts raised (after de-duplication).",
-                              ["model", "type"], registry=registry)
-        self.alerts_duplicate = Counter("repwatch_alerts_deduplicated",
-                                        "Alerts not sent again because their key was sent before.",
-                                        ["model", "type"], registry=registry)
-        self.deliveries = Counter("repwatch_alert_deliveries", "Alert deliveries by outcome.",
-                                  ["sink", "outcome"], registry=registry)
-        self.checkpoints = Counter("repwatch_checkpoints", "Checkpoints written.",
-                                   registry=registry)
+        self.compute = m("repwatch_detector_compute_seconds")
+        self.stage = m("repwatch_monitor_stage_seconds_total")
+        self.lag = m("repwatch_consumer_lag_records")
+        self.alerts = m("repwatch_alerts_total")
+        self.alerts_duplicate = m("repwatch_alerts_deduplicated_total")
+        self.deliveries = m("repwatch_alert_deliveries_total")
+        self.checkpoints = m("repwatch_checkpoints_total")
         self.last_checkpoint = time.time()
-        self.checkpoint_age = Gauge("repwatch_checkpoint_age_seconds",
-                                    "Seconds since the last checkpoint.", registry=registry)
+        self.checkpoint_age = m("repwatch_checkpoint_age_seconds")
         self.checkpoint_age.set_function(lambda: time.time() - self.last_checkpoint)
-        self.reference_replaced = Counter("repwatch_reference_replacements",
-                                          "References replaced at run time by an admin call.",
-                                          ["model"], registry=registry)
+        self.reference_replaced = m("repwatch_reference_replacements_total")
 
     def observe(self, model: str, version: str, obs: Observation) -> None:
-        self.compute.labels(model, obs.detector).observe(obs.seconds)
         labels = (model, version, obs.detector)
+        self.compute.labels(*labels).observe(obs.seconds)
         if obs.test is not None:
             t = obs.test
             self.drift_tests.labels(*labels).inc()
             self.drift_statistic.labels(*labels).set(t["statistic"])
+            self.drift_threshold.labels(*labels).set(t.get("threshold", float("nan")))
             self.drift_detected.labels(*labels).set(t["detected"])
             if "p_value" in t:
                 self.drift_p_value.labels(*labels).set(t["p_value"])
@@ -148,8 +118,9 @@ class MonitorMetrics:
 
     def forget_version(self, model: str, version: str, detectors: list[str]) -> None:
         """Drop the series of a model version whose pipeline was evicted (bounded labels)."""
-        for metric in (self.drift_statistic, self.drift_p_value, self.drift_effect,
-                       self.drift_detected):
+        for metric in (self.drift_statistic, self.drift_threshold, self.drift_p_value,
+                       self.drift_effect, self.drift_detected, self.drift_tests, self.compute,
+                       self.ood_scored, self.ood_flagged):
             for d in detectors:
                 _remove(metric, model, version, d)
         self.scores.forget(model, version)

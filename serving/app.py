@@ -25,8 +25,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitor.config import Config
@@ -186,7 +186,9 @@ def create_app(
         return _json({"accepted": len(items)}, 202)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(side.registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(request: Request) -> Response:
+        # OpenMetrics when the scraper asks for it (exemplars, _created), text format otherwise.
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(side.registry), media_type=content_type)
 
     return SidecarApp(app, side)

@@ -7,30 +7,11 @@ request, record or client id.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
-# Sub-millisecond resolution where a small model lives, up to slow upstreams in tap mode.
-LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.00075,
-    0.001,
-    0.0015,
-    0.0025,
-    0.005,
-    0.0075,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
+from monitor.metrics import declare, register_standard
 
 # Reasons a record can be dropped (a bounded label set).
 DROP_REASONS = (
@@ -43,65 +24,27 @@ DROP_REASONS = (
 
 
 class ServingMetrics:
+    """Every metric the sidecar exports, registered from :mod:`monitor.metric_catalog`."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
+        def m(name: str) -> Any:
+            return declare(name, registry)
+
         self.registry = registry
-        self.request_seconds = Histogram(
-            "repwatch_serving_request_duration_seconds",
-            "Time from request received to response ready, per model and endpoint kind.",
-            ["model", "model_version", "mode"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.inference_errors = Counter(
-            "repwatch_serving_inference_errors_total",
-            "Requests that did not produce a prediction, by kind (bad_request, not_found, "
-            "too_large, runtime, upstream).",
-            ["model", "kind"],
-            registry=registry,
-        )
-        self.queue_depth = Gauge(
-            "repwatch_serving_record_queue_depth",
-            "Records waiting in the in-memory queue for the producer.",
-            registry=registry,
-        )
-        self.queue_capacity = Gauge(
-            "repwatch_serving_record_queue_capacity",
-            "Capacity of the in-memory record queue (serving.queue_size).",
-            registry=registry,
-        )
-        self.records_enqueued = Counter(
-            "repwatch_serving_records_enqueued_total",
-            "Records put on the queue.",
-            ["model"],
-            registry=registry,
-        )
-        self.records_sent = Counter(
-            "repwatch_serving_records_sent_total",
-            "Records acknowledged by the Kafka broker.",
-            ["model"],
-            registry=registry,
-        )
-        self.records_dropped = Counter(
-            "repwatch_serving_records_dropped_total",
-            "Records that will never reach Kafka, by reason.",
-            ["reason"],
-            registry=registry,
-        )
+        register_standard(registry, "serving")
+        self.request_seconds = m("repwatch_serving_request_duration_seconds")
+        self.inference_errors = m("repwatch_serving_inference_errors_total")
+        self.queue_depth = m("repwatch_serving_record_queue_depth")
+        self.queue_capacity = m("repwatch_serving_record_queue_capacity")
+        self.records_enqueued = m("repwatch_serving_records_enqueued_total")
+        self.records_sent = m("repwatch_serving_records_sent_total")
+        self.records_dropped = m("repwatch_serving_records_dropped_total")
         for reason in DROP_REASONS:
             self.records_dropped.labels(reason)
-        self.producer_errors = Counter(
-            "repwatch_serving_producer_errors_total",
-            "Kafka producer errors, by kind (connect, send, delivery).",
-            ["kind"],
-            registry=registry,
-        )
+        self.producer_errors = m("repwatch_serving_producer_errors_total")
         for kind in ("connect", "send", "delivery"):
             self.producer_errors.labels(kind)
-        self.records_in_flight = Gauge(
-            "repwatch_serving_records_in_flight",
-            "Records handed to the Kafka producer and not yet acknowledged.",
-            registry=registry,
-        )
+        self.records_in_flight = m("repwatch_serving_records_in_flight")
 
     def track_queue(self, depth: Callable[[], float], capacity: int) -> None:
         self.queue_depth.set_function(depth)

@@ -3,12 +3,15 @@ repwatch metric through Prometheus rule evaluation and Alertmanager to an incide
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, Gauge
 
 from monitor import localstack
@@ -24,30 +27,84 @@ def _tool(name: str, package: str) -> str:
     return path
 
 
+def _rules() -> list[tuple[Path, dict[str, Any]]]:
+    return [
+        (path, rule)
+        for path in sorted(RULES.glob("*.rules.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
+
+
 def test_rules_pass_promtool_check_and_unit_tests() -> None:
     promtool = _tool("promtool", "prometheus")
-    check = subprocess.run(
-        [promtool, "check", "rules", "repwatch.rules.yml"],
-        cwd=RULES,
-        capture_output=True,
-        text=True,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 6 rules found" in check.stdout
-    unit = subprocess.run(
-        [promtool, "test", "rules", "repwatch.rules.test.yml"],
-        cwd=RULES,
-        capture_output=True,
-        text=True,
-    )
-    assert unit.returncode == 0, unit.stdout + unit.stderr
+    files = sorted(RULES.glob("*.rules.yml"))
+    assert files, RULES
+    for path in files:
+        count = sum(1 for p, _ in _rules() if p == path)
+        check = subprocess.run(
+            [promtool, "check", "rules", path.name], cwd=RULES, capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert f"SUCCESS: {count} rules found" in check.stdout
+        unit = subprocess.run(
+            [promtool, "test", "rules", path.name.replace(".rules.yml", ".rules.test.yml")],
+            cwd=RULES,
+            capture_output=True,
+            text=True,
+        )
+        assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
-def test_alertmanager_example_is_valid() -> None:
+def test_every_alert_has_severity_annotations_runbook_and_a_firing_unit_test() -> None:
+    runbook = (RULES.parent / "RUNBOOK.md").read_text()
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in runbook.splitlines()
+        if line.startswith("## ")
+    }
+    fired: set[str] = set()
+    for path in sorted(RULES.glob("*.rules.test.yml")):
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            for case in test.get("alert_rule_test", []):
+                if case.get("exp_alerts"):
+                    fired.add(case["alertname"])
+    alerts = [rule for _, rule in _rules() if "alert" in rule]
+    assert len(alerts) >= 11
+    for rule in alerts:
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in ("info", "warning", "critical"), name
+        notes = rule["annotations"]
+        assert notes["summary"] and notes["description"], name
+        doc, _, anchor = notes["runbook_url"].partition("#")
+        assert doc == "dashboards/RUNBOOK.md" and anchor == name.lower(), name
+        assert anchor in anchors, f"RUNBOOK.md has no section '## {name}'"
+        assert name in fired, f"no promtool unit test expects {name} to fire"
+
+
+def test_alertmanager_example_is_valid_and_routes_by_severity() -> None:
     amtool = _tool("amtool", "prometheus-alertmanager")
     example = RULES.parent / "alertmanager.example.yml"
     out = subprocess.run([amtool, "check-config", example], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 inhibit rules" in out.stdout
+    for labels, receiver in [
+        (["severity=critical", "alertname=RepwatchWorkerDown"], "repwatch-pager"),
+        (["severity=warning", "alertname=RepwatchDriftDetected"], "repwatch-ml-team"),
+        (["severity=info", "alertname=RepwatchDeadLetters"], "repwatch-info"),
+        (["alertname=SomethingElse"], "repwatch-default"),
+    ]:
+        route = subprocess.run(
+            [amtool, "config", "routes", "test", f"--config.file={example}", *labels],
+            capture_output=True,
+            text=True,
+        )
+        assert route.returncode == 0, route.stderr
+        assert route.stdout.strip() == receiver, labels
+    config = yaml.safe_load(example.read_text())
+    worker_down = [r for r in config["inhibit_rules"]
+                   if r["source_matchers"] == ['alertname="RepwatchWorkerDown"']]
+    assert worker_down and "RepwatchDriftDetected" in worker_down[0]["target_matchers"][0]
 
 
 @pytest.mark.integration

@@ -30,7 +30,7 @@ def _lag(worker) -> float | None:
     """Consumer lag of the partition that holds the model (the one with a position)."""
     for (topic, part) in worker.positions:
         value = worker.registry.get_sample_value(
-            "repwatch_consumer_lag", {"topic": topic, "partition": str(part)})
+            "repwatch_consumer_lag_records", {"topic": topic, "partition": str(part)})
         if value is not None:
             return value
     return None
