@@ -89,6 +89,7 @@ Guarantees
 * Recency order survives a restart (ticks are stored); counters start at zero per process.
 """
 
+from monitor.state.checkpointing import CheckpointInfo, set_aside
 from monitor.state.schema import (
     StateField,
     StateKeyError,
@@ -98,7 +99,7 @@ from monitor.state.schema import (
     StateStoreError,
     StoreLimits,
 )
-from monitor.state.store import CheckpointInfo, KeyedStateStore, StoreStats, set_aside
+from monitor.state.store import KeyedStateStore, StoreStats
 
 __all__ = [
     "CheckpointInfo",

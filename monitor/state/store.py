@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from monitor.state import checkpointing as C
 from monitor.state import segments as S
-from monitor.state.schema import (
-    StateKeyError,
-    StateSchema,
-    StateStoreCorrupt,
-    StateStoreError,
-    StoreLimits,
-)
+from monitor.state.checkpointing import CheckpointInfo
+from monitor.state.schema import StateKeyError, StateSchema, StoreLimits
 
 _NEVER = np.iinfo(np.int64).max  # last_seen of a free slot: never idle
 _UNSEEN = np.iinfo(np.int64).min
@@ -36,23 +30,8 @@ _STR_HEADER = 49  # sys.getsizeof("") for an ASCII str
 _SET_ENTRY = 60
 _CHECKPOINT_PER_KEY = 160  # + 2 x the key's bytes
 _TOMBSTONE_SHARE = 0.5  # evicted keys remembered between checkpoints: at most capacity * this
-_LOAD_CHUNK_ROWS = 4096
 
 EvictCallback = Callable[[str, np.void, str], None]
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What one :meth:`KeyedStateStore.checkpoint` wrote (it is on disk when this exists)."""
-
-    seq: int
-    offset: int | None
-    kind: str  # "base" (compaction) | "delta" | "manifest" (nothing changed but the offset)
-    keys_written: int
-    tombstones_written: int
-    bytes_written: int
-    seconds: float
-    live_keys: int
 
 
 @dataclass(frozen=True)
@@ -157,7 +136,7 @@ class KeyedStateStore:
         self._segments: tuple[S.SegmentRef, ...] = ()
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._load()
+            C.load_into(self)
 
     def _reset_memory(self) -> None:
         self._index: OrderedDict[str, int] = OrderedDict()  # LRU order: oldest first
@@ -357,8 +336,6 @@ class KeyedStateStore:
             self.checkpoint_bytes_total, self.memory_bytes(), self.memory_bound_bytes,
             self.seq, self.offset, self.watermark_ms)
 
-    # ---- checkpoints --------------------------------------------------------------------------
-
     def checkpoint(self, *, offset: int | None = None, meta: Mapping[str, Any] | None = None,
                    full: bool = False) -> CheckpointInfo:
         """Persist the changes since the last checkpoint; returns once they are durable.
@@ -370,143 +347,4 @@ class KeyedStateStore:
         ``meta``. Only after it returns may the runtime commit ``offset`` to Kafka. On an
         exception nothing is marked clean: the next checkpoint writes the same keys again.
         """
-        if self.directory is None:
-            raise StateStoreError("this store has no directory: pass directory= to checkpoint")
-        meta_d = dict(meta or {})
-        if len(json.dumps(meta_d)) > S.MAX_META_BYTES:
-            raise ValueError(f"checkpoint meta is over {S.MAX_META_BYTES} bytes of JSON")
-        if offset is not None:
-            offset = int(offset)
-        t0 = time.perf_counter()
-        deltas = self._segments[1:]
-        delta_bytes = sum(d.bytes for d in deltas)
-        compact = (full or self._full_pending or not self._segments
-                   or len(deltas) >= self.limits.compact_every
-                   or delta_bytes > self.limits.compact_ratio * self._segments[0].bytes
-                   or len(self._dirty) + len(self._tombstones) > len(self._index))
-        seq = self.seq + 1
-        written = 0
-        if compact:
-            slots = np.sort(np.fromiter(self._index.values(), dtype=np.intp,
-                                        count=len(self._index)))
-            ref = self._write(seq, "base", slots, [])
-            segs: tuple[S.SegmentRef, ...] = (ref,)
-        elif self._dirty or self._tombstones:
-            slots = np.sort(np.fromiter(self._dirty, dtype=np.intp, count=len(self._dirty)))
-            ref = self._write(seq, "delta", slots, sorted(self._tombstones))
-            segs = (*self._segments, ref)
-        else:
-            ref, slots, segs = None, np.zeros(0, dtype=np.intp), self._segments
-        manifest = S.Manifest(seq, offset, meta_d, self.watermark_ms, self._tick,
-                              self.schema.describe(), segs, time.time())
-        S.write_manifest(self.directory, manifest)
-        written = (ref.bytes if ref else 0) + len(manifest.to_json())
-        # Committed: the in-memory state says so before anything else may fail.
-        if compact:
-            self._persisted[:] = False
-            self.compactions_total += 1
-        self._persisted[slots] = True
-        n_tomb = ref.tombstones if ref else 0
-        self._dirty.clear()
-        self._tombstones.clear()
-        self._full_pending = False
-        self._segments, self.seq, self.offset, self.meta = segs, seq, offset, meta_d
-        self.checkpoints_total += 1
-        self.checkpoint_bytes_total += written
-        self.last_checkpoint = CheckpointInfo(
-            seq, offset, ref.kind if ref else "manifest", len(slots), n_tomb, written,
-            time.perf_counter() - t0, len(self._index))
-        if compact:
-            try:
-                self._remove_unreferenced(segs)
-            except OSError:  # a leftover file is harmless: the next load removes it
-                pass
-        return self.last_checkpoint
-
-    def _write(self, seq: int, kind: str, slots: NDArray[np.intp],
-               tombstones: list[str]) -> S.SegmentRef:
-        assert self.directory is not None
-        keys = cast(list[str], [self._slot_keys[s] for s in slots.tolist()])
-        pages = slots >> self._shift
-        cuts = np.flatnonzero(np.diff(pages)) + 1
-        chunks = [(self._pages[int(part[0]) >> self._shift], part & self._mask)
-                  for part in np.split(slots, cuts) if part.size]
-        return S.write_segment(self.directory, kind, seq, self.schema, keys,
-                               chunks, self._last_seen[slots], self._ticks[slots], tombstones)
-
-    def _remove_unreferenced(self, live: tuple[S.SegmentRef, ...]) -> None:
-        assert self.directory is not None
-        keep = {r.name for r in live}
-        for p in self.directory.iterdir():
-            if (S.SEGMENT_RE.match(p.name) and p.name not in keep) or p.name.startswith(".tmp-"):
-                p.unlink(missing_ok=True)
-
-    def _load(self) -> None:
-        assert self.directory is not None
-        m = S.read_manifest(self.directory)
-        if m is None:
-            self._remove_unreferenced(())  # segments of a first checkpoint that never committed
-            return
-        self.schema.check_matches(m.schema, self.directory)
-        if not m.segments:
-            raise StateStoreCorrupt(self.directory / S.MANIFEST, "lists no base segment")
-        for ref in m.segments:
-            with S.open_segment(self.directory, ref, self.schema) as seg:
-                self._apply(seg)
-        self._remove_unreferenced(m.segments)
-        self.seq, self.offset, self.meta, self._segments = m.seq, m.offset, m.meta, m.segments
-        self.watermark_ms, self._tick = m.watermark_ms, m.tick
-        keys = list(self._index)
-        slots = np.fromiter(self._index.values(), np.intp, len(keys))
-        order = np.argsort(self._ticks[slots], kind="stable").tolist()
-        self._index = OrderedDict((keys[i], int(slots[i])) for i in order)
-        self._persisted[np.fromiter(self._index.values(), np.intp, len(self._index))] = True
-        while len(self._index) > self.capacity:  # the limit shrank since it was written
-            old, old_slot = next(iter(self._index.items()))
-            self._evict(old, old_slot, "capacity")
-
-    def _apply(self, seg: S.SegmentData) -> None:
-        for key in seg.tombstones:
-            slot = self._index.pop(key, None)
-            if slot is not None:
-                self._release(key, slot)
-        n = len(seg.keys)
-        if not self._index and not self._slot_keys:  # a base into an empty store: in bulk
-            self._grow(n)
-            self._slot_keys = list(seg.keys)
-            self._index = OrderedDict(zip(seg.keys, range(n), strict=True))
-            self._key_bytes = sum(map(len, seg.keys))
-            slots = np.arange(n, dtype=np.intp)
-        else:
-            slots = np.empty(n, dtype=np.intp)
-            for i, key in enumerate(seg.keys):
-                s = self._index.get(key)
-                slots[i] = self._alloc(key) if s is None else s
-        self._last_seen[slots] = seg.last_seen
-        self._ticks[slots] = seg.ticks
-        for f in self.schema.fields:
-            for start, arr in seg.field_chunks(f.name, _LOAD_CHUNK_ROWS):
-                self._scatter(f.name, slots[start:start + len(arr)], arr)
-
-    def _scatter(self, name: str, dst: NDArray[np.intp], arr: NDArray[Any]) -> None:
-        if dst.size and dst[-1] - dst[0] == dst.size - 1 and bool(np.all(np.diff(dst) == 1)):
-            i = 0  # consecutive slots (a base): plain slices, page by page
-            while i < dst.size:
-                s = int(dst[0]) + i
-                off = s & self._mask
-                k = min(dst.size - i, self.page_rows - off)
-                self._pages[s >> self._shift][name][off:off + k] = arr[i:i + k]
-                i += k
-            return
-        pg = dst >> self._shift
-        for p in np.unique(pg).tolist():
-            sel = pg == p
-            self._pages[p][name][dst[sel] & self._mask] = arr[sel]
-
-
-def set_aside(directory: str | os.PathLike[str]) -> Path:
-    """Rename a checkpoint directory that failed to load to ``<dir>.corrupt-<unix time>``."""
-    src = Path(directory)
-    dst = src.with_name(f"{src.name}.corrupt-{int(time.time())}")
-    os.replace(src, dst)
-    return dst
+        return C.write_checkpoint(self, offset=offset, meta=meta, full=full)
