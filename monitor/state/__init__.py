@@ -29,7 +29,10 @@ A view changed later (e.g. from :meth:`KeyedStateStore.items`) needs ``mark_dirt
 ``peek`` returns a copy and changes nothing. ``clone()`` gives an empty store with the same
 schema and limits (for a new model version or partition). Keys are ``str`` of at most
 ``max_key_bytes`` UTF-8 bytes; anything else raises :class:`StateKeyError` (a ``ValueError``):
-that is one bad record — dead-letter it, the store is unharmed.
+that is one bad record — dead-letter it, the store is unharmed (an event time outside int64
+raises ``ValueError`` the same way). Event time drives idle eviction: a record stamped far in
+the future would make every other key look idle, so the runtime must dead-letter implausible
+timestamps before they reach the store (or pass a wall-clock watermark to ``expire``).
 
 Bounds (they hold at every moment, not only at checkpoints)
 -----------------------------------------------------------

@@ -160,14 +160,24 @@ class KeyedStateStore:
 
         Marks the key dirty (written by the next checkpoint), most recently used, and seen at
         ``event_ms``. The view is valid until the next call that may evict or load
-        (``get_or_create``, ``expire``, ``delete``); do not keep it longer.
+        (``get_or_create``, ``expire``, ``delete``); do not keep it longer. A bad key raises
+        :class:`StateKeyError`, an event time outside int64 ``ValueError`` — both before
+        anything changes.
         """
         t = int(event_ms)
+        if not _UNSEEN < t < _NEVER:
+            raise ValueError(f"event time {t} ms is outside int64; dead-letter the record")
+        try:
+            slot = self._index.get(key)
+        except TypeError:  # unhashable
+            raise StateKeyError(f"state key must be a non-empty str, got {key!r}") from None
+        if slot is None:
+            self._check_key(key)
         if self.watermark_ms is None or t > self.watermark_ms:
             self.watermark_ms = t
             if self._next_sweep is not None and t >= self._next_sweep:
                 self._sweep()
-        slot = self._index.get(key)
+                slot = self._index.get(key)
         if slot is None:
             slot = self._create(key)
         else:
@@ -247,13 +257,15 @@ class KeyedStateStore:
             self._evict(key, slot, "idle")
         self._next_sweep = self.watermark_ms + max(1, idle // 16)
 
-    def _create(self, key: str) -> int:
+    def _check_key(self, key: object) -> None:
         if not isinstance(key, str) or not key:
             raise StateKeyError(f"state key must be a non-empty str, got {key!r}")
         nbytes = len(key.encode())
         if nbytes > self.limits.max_key_bytes:
             raise StateKeyError(f"state key of {nbytes} bytes is over max_key_bytes="
                                 f"{self.limits.max_key_bytes}: {key[:32]!r}…")
+
+    def _create(self, key: str) -> int:
         while len(self._index) >= self.capacity:
             old, old_slot = next(iter(self._index.items()))
             self._evict(old, old_slot, "capacity")
