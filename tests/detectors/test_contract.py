@@ -194,9 +194,159 @@ class OOD(Family):
         )
 
 
+class AdversarialRecords(Family):
+    """``fit(Views, y)``, ``score(Views) -> (n,)``, ``predict(Views) -> AdversarialResult``.
+
+    Data arrays are ``[embedding | features | prediction]`` so that inputs copy as one array.
+    """
+
+    def _clusters(self, rng: np.random.Generator, n: int) -> tuple[Any, Any]:
+        y = rng.integers(0, 3, n)
+        Z = rng.normal(size=(n, 5)) + 6.0 * np.eye(5)[y]
+        F = rng.normal(size=(n, 5)) + 6.0 * np.eye(5)[y]
+        return np.hstack([Z, F, y[:, None]]), y
+
+    @staticmethod
+    def views(X: Any) -> Any:
+        from detectors.adversarial import Views
+
+        return Views(X[:, :5], X[:, 10].astype(np.int64), X[:, 5:10])
+
+    def fit(self, det: Detector, rng: np.random.Generator) -> Detector:
+        X, y = self._clusters(rng, 600)
+        det.fit(self.views(X), y)  # type: ignore[attr-defined]
+        return det
+
+    def clean(self, rng: np.random.Generator) -> Any:
+        return self._clusters(rng, 200)[0]
+
+    def anomalous(self, rng: np.random.Generator) -> Any:
+        X, y = self._clusters(rng, 200)
+        # the prediction flipped, the features pushed off every class (as OOD's factory does)
+        X[:, 10] = (y + 1) % 3
+        X[:, 5:10] -= 12.0 * np.eye(5)[y]
+        return X
+
+    def run(self, det: Detector, X: Any) -> Any:
+        return det.predict(self.views(X))  # type: ignore[attr-defined]
+
+    def severity(self, det: Detector, X: Any) -> float:
+        return float(np.mean(det.score(self.views(X))))  # type: ignore[attr-defined]
+
+    def false_alarm_ok(self, cls: type[Detector]) -> None:
+        rng = np.random.default_rng(14)
+        det = self.fit(self.build(cls), rng)
+        res = self.run(det, self.clean(rng))
+        budget = float(res.fpr)
+        rate = float(np.mean(res.is_adversarial))
+        assert rate <= budget + 3 * np.sqrt(budget * (1 - budget) / 200) + 0.01, (
+            f"flags {rate:.3f} of clean records, budget fpr={budget}"
+        )
+
+
+class QueryStream(Family):
+    """``fit(clients, E, H, D)`` on benign traffic, ``update_batch(...) -> QueryResult``.
+
+    Data arrays are ``[client id | 64 pixels]`` (one array per batch); the embedding is the
+    centred input, the hashes and digests are computed from it here.
+    """
+
+    streaming = True
+
+    def build(self, cls: type[Detector]) -> Detector:
+        return cls(history=8, window=10, max_clients=64, index_size=1 << 12)  # type: ignore[call-arg]
+
+    @staticmethod
+    def split(X: Any) -> tuple[Any, ...]:
+        from detectors.adversarial import content_digest, window_hashes
+
+        clients = [f"client-{int(c)}" for c in X[:, 0]]
+        pixels = X[:, 1:]
+        return clients, pixels - 0.5, window_hashes(pixels), content_digest(pixels)
+
+    def _benign(self, rng: np.random.Generator, n: int, first_client: int) -> Any:
+        ids = first_client + rng.integers(0, 10, n)
+        return np.hstack([ids[:, None], rng.random((n, 64))])
+
+    def fit(self, det: Detector, rng: np.random.Generator) -> Detector:
+        det.fit(*self.split(self._benign(rng, 400, 0)))  # type: ignore[attr-defined]
+        return det
+
+    def clean(self, rng: np.random.Generator) -> Any:
+        return self._benign(rng, 60, 100)
+
+    def anomalous(self, rng: np.random.Generator) -> Any:
+        walk = rng.random(64) + np.cumsum(rng.normal(0, 0.002, (30, 64)), axis=0)
+        return np.hstack([np.full((30, 1), 7.0), walk])
+
+    def run(self, det: Detector, X: Any) -> Any:
+        return det.update_batch(*self.split(X))  # type: ignore[attr-defined]
+
+    def severity(self, det: Detector, X: Any) -> float:
+        copy = type(det).from_state(*det.get_state())
+        return float(np.mean(self.run(copy, X).counts))
+
+    def false_alarm_ok(self, cls: type[Detector]) -> None:
+        rng = np.random.default_rng(15)
+        det = self.fit(self.build(cls), rng)
+        alerts = len(self.run(det, self._benign(rng, 2000, 200)).alerts)
+        assert alerts == 0, f"{alerts} of 10 benign clients alerted within 200 queries each"
+
+
+class Poisoning(Family):
+    """``fit(X_ref, y_ref)``, ``predict(X, labels) -> PoisoningResult`` on a feedback window.
+
+    Data arrays are ``[representation | label]``.
+    """
+
+    def build(self, cls: type[Detector]) -> Detector:
+        kwargs: dict[str, Any] = {"fpr": 0.05}  # the union detector splits it over 3 signals
+        if "window_size" in cls._param_names():
+            kwargs["window_size"] = 200
+        return cls(**kwargs)
+
+    def _clusters(self, rng: np.random.Generator, n: int) -> Any:
+        y = rng.integers(0, 3, n)
+        return np.hstack([rng.normal(size=(n, 5)) + 6.0 * np.eye(5)[y], y[:, None]])
+
+    def fit(self, det: Detector, rng: np.random.Generator) -> Detector:
+        X = self._clusters(rng, 800)
+        det.fit(X[:, :-1], X[:, -1].astype(np.int64))  # type: ignore[attr-defined]
+        return det
+
+    def clean(self, rng: np.random.Generator) -> Any:
+        return self._clusters(rng, 200)
+
+    def anomalous(self, rng: np.random.Generator) -> Any:
+        X = self._clusters(rng, 200)
+        X[:, -1] = (X[:, -1] + 1) % 3  # every label flipped ...
+        X[:, :-1] = np.repeat(X[::5, :-1], 5, axis=0) + 0.001 * rng.normal(size=(200, 5))
+        X[:, -1] = np.repeat(X[::5, -1], 5)  # ... in bursts of 5 near-duplicates
+        return X
+
+    def run(self, det: Detector, X: Any) -> Any:
+        return det.predict(X[:, :-1], X[:, -1].astype(np.int64))  # type: ignore[attr-defined]
+
+    def severity(self, det: Detector, X: Any) -> float:
+        scores = det.score(X[:, :-1], X[:, -1].astype(np.int64))  # type: ignore[attr-defined]
+        return float(np.mean(np.minimum(scores, 1e6)))
+
+    def false_alarm_ok(self, cls: type[Detector]) -> None:
+        rng = np.random.default_rng(16)
+        det = self.fit(self.build(cls), rng)
+        res = self.run(det, self.clean(rng))
+        budget = float(res.fpr)
+        rate = float(np.mean(res.is_poisoned))
+        assert rate <= budget + 3 * np.sqrt(budget * (1 - budget) / 200) + 0.01, (
+            f"flags {rate:.3f} of clean feedback, budget fpr={budget}"
+        )
+
+
 FAMILIES: dict[str, Callable[[type[Detector]], Family]] = {
     "drift": lambda cls: DriftStreaming() if hasattr(cls, "update_batch") else DriftBatch(),
     "ood": lambda cls: OOD(),
+    "adversarial": lambda cls: QueryStream() if hasattr(cls, "update_batch") else AdversarialRecords(),
+    "poisoning": lambda cls: Poisoning(),
 }
 
 
