@@ -345,7 +345,9 @@ class Poisoning(Family):
 FAMILIES: dict[str, Callable[[type[Detector]], Family]] = {
     "drift": lambda cls: DriftStreaming() if hasattr(cls, "update_batch") else DriftBatch(),
     "ood": lambda cls: OOD(),
-    "adversarial": lambda cls: QueryStream() if hasattr(cls, "update_batch") else AdversarialRecords(),
+    "adversarial": lambda cls: (
+        QueryStream() if hasattr(cls, "update_batch") else AdversarialRecords()
+    ),
     "poisoning": lambda cls: Poisoning(),
 }
 

@@ -106,7 +106,7 @@ def test_memory_is_bounded_under_100k_distinct_clients() -> None:
         det.update_batch([f"u{lo + i}" for i in range(1000)], E, H, D + np.uint64(lo))
     assert det.n_clients == 500
     assert det.memory_bytes() == before < 3_000_000
-    arrays, meta = det.get_state()
+    _, meta = det.get_state()
     assert len(meta["extra"]["clients"]) == 500
 
 
