@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.repwatch-installed
-EXTRAS := serving,train,dev
+EXTRAS := serving,train,dev,ops
 PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: demo test setup system lint quick clean

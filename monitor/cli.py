@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "serving.cli",
     "monitor.cli_monitor",
     "serving.encoders.cli",
+    "monitor.cli_dashboards",
 )
 
 

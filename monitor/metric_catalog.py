@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -250,4 +251,33 @@ def conformance_errors(catalog: tuple[MetricSpec, ...] = CATALOG) -> list[str]:
             errors.append(f"{s.name}: labels {bad} are not from a bounded set")
         if (s.kind == "histogram") != (s.buckets is not None):
             errors.append(f"{s.name}: histograms, and only histograms, have buckets")
+    return errors
+
+
+# Labels a query may match on that the metric itself does not carry: added by the scrape, or by
+# Prometheus' ALERTS series.
+TARGET_LABELS = frozenset({"instance", "job", "namespace", "pod", "service", "container",
+                           "alertname", "alertstate", "severity", "le"})
+_NAME = re.compile(r"\b(repwatch_[a-z0-9_]+)")
+_SELECTOR = re.compile(r"\b(repwatch_[a-z0-9_]+)\{([^}]*)\}")
+_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!=|!~|=)")
+
+
+def query_errors(expr: str) -> list[str]:
+    """Metrics a PromQL expression names that are not in the catalogue, and labels it selects
+    on that its metric does not have (empty when the expression agrees with the catalogue).
+
+    >>> query_errors('rate(repwatch_dlq_records_total{reason="decode"}[5m])')
+    []
+    >>> query_errors('repwatch_nope_total + repwatch_dlq_records_total{model="m"}')
+    ['repwatch_nope_total: not in the catalogue', 'repwatch_dlq_records_total has no label model']
+    """
+    errors = [f"{n}: not in the catalogue" for n in _NAME.findall(expr) if find_series(n) is None]
+    for name, sel in _SELECTOR.findall(expr):
+        spec = find_series(name)
+        if spec is None:
+            continue
+        for label in _MATCHER.findall(sel):
+            if label not in spec.labels and label not in TARGET_LABELS:
+                errors.append(f"{name} has no label {label}")
     return errors

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import platform
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -50,6 +52,37 @@ def register_standard(registry: CollectorRegistry, component: str) -> None:
     GCCollector(registry=registry)
 
 
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:  # scrapes and probes every few seconds
+        pass
+
+
+Check = Callable[[], bool]
+
+
+def metrics_app(registry: CollectorRegistry, ready: Check | None = None) -> Any:
+    """WSGI app: ``/metrics`` (format negotiated: OpenMetrics when asked), ``/healthz``
+    (the process answers: liveness) and ``/readyz`` (``ready()``, default always)."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "/")
+        if path in ("/healthz", "/readyz"):
+            ok = path == "/healthz" or ready is None or ready()
+            body = b'{"status": "ok"}' if ok else b'{"status": "not ready"}'
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(body)))])
+            return [body]
+        return metrics(environ, start_response)
+
+    return app
+
+
 @dataclass
 class MetricsServer:
     server: WSGIServer
@@ -65,11 +98,13 @@ class MetricsServer:
 
 
 def serve_metrics(
-    registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0
+    registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0,
+    ready: Check | None = None,
 ) -> MetricsServer:
-    """Expose ``registry`` on ``http://host:port/metrics`` (port 0 picks a free one).
-
-    prometheus_client's server negotiates the format: OpenMetrics when the scraper asks for it.
-    """
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    """Expose ``registry`` on ``http://host:port/metrics`` (port 0 picks a free one), with
+    ``/healthz`` and ``/readyz`` for probes (see :func:`metrics_app`)."""
+    server = make_server(host, port, metrics_app(registry, ready), _ThreadingServer,
+                         handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="repwatch-metrics", daemon=True)
+    thread.start()
     return MetricsServer(server, thread)
