@@ -186,12 +186,15 @@ def set_scrape_targets(prometheus: Service, targets: list[str]) -> None:
     _write_targets(prometheus.workdir, targets)
 
 
-def start_alertmanager(webhook_url: str, *, port: int | None = None) -> Service:
-    """Start Alertmanager routing every alert to ``webhook_url`` with no grouping delay."""
+def start_alertmanager(
+    webhook_url: str, *, port: int | None = None, config: dict[str, Any] | None = None
+) -> Service:
+    """Start Alertmanager routing every alert to ``webhook_url`` with no grouping delay
+    (or with ``config``, a whole Alertmanager configuration, when given)."""
     binary = _which("prometheus-alertmanager", "apt-get install -y prometheus-alertmanager")
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="repwatch-alertmanager-"))
-    config = {
+    config = config or {
         "route": {
             "receiver": "webhook",
             "group_wait": "0s",

@@ -147,3 +147,43 @@ def test_drift_metric_pages_through_prometheus_and_alertmanager(
         prom.stop()
         shutil.rmtree(prom.workdir, ignore_errors=True)
         metrics.close()
+
+
+@pytest.mark.integration
+def test_example_routing_and_inhibition_on_a_live_alertmanager(webhook_receiver) -> None:
+    """The example's route tree and inhibit rules, on a real Alertmanager: its receivers are
+    swapped for loopback webhooks (one path each) and its waits shortened; nothing else."""
+    import json
+    import urllib.request
+
+    config = yaml.safe_load((RULES.parent / "alertmanager.example.yml").read_text())
+    config["receivers"] = [
+        {"name": r["name"], "webhook_configs": [{"url": f"{webhook_receiver.url}/{r['name']}"}]}
+        for r in config["receivers"]
+    ]
+    for route in [config["route"], *config["route"]["routes"]]:
+        route.update(group_wait="0s", group_interval="1s")
+    am = localstack.start_alertmanager(webhook_receiver.url, config=config)
+    try:
+        def post(*alerts: dict[str, str]) -> None:
+            body = json.dumps([{"labels": a} for a in alerts]).encode()
+            req = urllib.request.Request(f"{am.url}/api/v2/alerts", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                assert resp.status == 200
+
+        post({"alertname": "RepwatchWorkerDown", "severity": "critical", "job": "m"})
+        assert webhook_receiver.wait("/repwatch-pager", 15), "critical did not page"
+        # While the worker is down, a drift alert is inhibited; a dead-letter one is not.
+        post({"alertname": "RepwatchDriftDetected", "severity": "warning", "model": "digits"},
+             {"alertname": "RepwatchDeadLetters", "severity": "info", "reason": "decode"})
+        assert webhook_receiver.wait("/repwatch-info", 15), "info was not routed"
+        time.sleep(2)
+        paths = [p for p, _, _ in webhook_receiver.posts]
+        assert "/repwatch-ml-team" not in paths, paths
+        names = [a["labels"]["alertname"] for p, _, b in webhook_receiver.posts
+                 for a in json.loads(b)["alerts"]]
+        assert "RepwatchDriftDetected" not in names
+    finally:
+        am.stop()
+        shutil.rmtree(am.workdir, ignore_errors=True)
