@@ -128,7 +128,20 @@ CATALOG: tuple[MetricSpec, ...] = (
     _c("repwatch_monitor_stage_seconds_total",
        "Worker time by stage (decode, route, detectors, metrics, ...).", ("stage",), "monitor",
        "stream", "seconds"),
+    _c("repwatch_dlq_tombstones_total", "Dead-lettered records too large for the DLQ, sent as a "
+       "tombstone (key, partition, offset, reason).", (), "monitor", "stream"),
+    _c("repwatch_batch_failures_total", "Batches that failed with an unexpected error "
+       "(retried from the last checkpoint, or dead-lettered after the last retry).",
+       ("outcome",), "monitor", "stream"),
+    _c("repwatch_model_versions_created_total", "Pipelines created for a new model version.",
+       ("model",), "monitor", "stream"),
+    _c("repwatch_model_versions_evicted_total", "Model-version pipelines evicted by the "
+       "live-version cap (version churn).", ("model",), "monitor", "stream"),
     _c("repwatch_checkpoints_total", "Checkpoints written.", (), "monitor", "health"),
+    _c("repwatch_checkpoints_rejected_total", "Checkpoints that failed validation and were set "
+       "aside (the model restarted from the committed offset).", (), "monitor", "health"),
+    _g("repwatch_checkpoint_bytes", "Size of the last checkpoint written for a model.",
+       ("model",), "monitor", "health", "bytes"),
     _g("repwatch_checkpoint_age_seconds", "Seconds since the last checkpoint.", (), "monitor",
        "health", "seconds"),
     _c("repwatch_reference_replacements_total",
@@ -185,6 +198,12 @@ CATALOG: tuple[MetricSpec, ...] = (
     _c("repwatch_serving_producer_errors_total",
        "Kafka producer errors, by kind (connect, send, delivery).", ("kind",), "serving",
        "serving"),
+    _c("repwatch_serving_rejected_total",
+       "Requests refused at intake for going over a configured bound, by reason.", ("reason",),
+       "serving", "serving"),
+    _g("repwatch_serving_record_stream_degraded",
+       "1 while records wait and none has been delivered for serving.stream_stall_seconds.",
+       (), "serving", "serving"),
     _g("repwatch_serving_records_in_flight",
        "Records handed to the Kafka producer and not yet acknowledged.", (), "serving",
        "serving", "records"),

@@ -44,6 +44,8 @@ class ServingMetrics:
         self.producer_errors = m("repwatch_serving_producer_errors_total")
         for kind in ("connect", "send", "delivery"):
             self.producer_errors.labels(kind)
+        self.rejected = m("repwatch_serving_rejected_total")
+        self.stream_degraded = m("repwatch_serving_record_stream_degraded")
         self.records_in_flight = m("repwatch_serving_records_in_flight")
 
     def track_queue(self, depth: Callable[[], float], capacity: int) -> None:
@@ -52,3 +54,6 @@ class ServingMetrics:
 
     def track_in_flight(self, in_flight: Callable[[], float]) -> None:
         self.records_in_flight.set_function(in_flight)
+
+    def track_stream(self, degraded: Callable[[], float]) -> None:
+        self.stream_degraded.set_function(degraded)
