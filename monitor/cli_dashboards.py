@@ -20,23 +20,30 @@ FOLDER_UID = "repwatch"
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("dashboards", help="build the Grafana dashboards or push them to Grafana")
+    p = sub.add_parser(
+        "dashboards", help="build the Grafana dashboards or push them to Grafana",
+        description="The Grafana dashboards (overview, per model) generated from the metric "
+        "catalogue with grafana-foundation-sdk; needs the ops extra.")
     cmds = p.add_subparsers(dest="dashboards_command", metavar="ACTION", required=True)
-    b = cmds.add_parser("build", help="write the dashboard JSON files")
+    b = cmds.add_parser("build", help="write the dashboard JSON files",
+                        description="Write every dashboard as <uid>.json.")
     b.add_argument("--out", type=Path, default=None,
                    help="directory to write into (default: dashboards/generated/ of the checkout)")
     b.set_defaults(func=run_build)
-    u = cmds.add_parser("push", help="upload the dashboards to Grafana (HTTP API)")
+    u = cmds.add_parser(
+        "push", help="upload the dashboards to Grafana (HTTP API)",
+        description="Upload the dashboards into a Grafana folder (created when missing), "
+        "overwriting earlier versions with the same uid. The token is read from the "
+        "environment or a file, never from the command line.")
     u.add_argument("--url", required=True, help="Grafana base URL, e.g. http://grafana:3000")
     u.add_argument("--token-env", default="GRAFANA_TOKEN",
-                   help="environment variable holding a service-account token "
-                   "(default GRAFANA_TOKEN)")
+                   help="environment variable holding a service-account token")
     u.add_argument("--token-file", type=Path, default=None,
-                   help="file holding the token (instead of --token-env)")
-    u.add_argument("--folder", default=DEFAULT_FOLDER,
-                   help=f"folder title to put them in (default {DEFAULT_FOLDER!r})")
+                   help="file holding the token (default: none, the token comes from "
+                   "--token-env)")
+    u.add_argument("--folder", default=DEFAULT_FOLDER, help="folder title to put them in")
     u.add_argument("--from-dir", type=Path, default=None,
-                   help="push these JSON files instead of generating the dashboards")
+                   help="push these JSON files instead (default: generate the dashboards)")
     u.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
     u.set_defaults(func=run_push)
 

@@ -11,7 +11,6 @@ import platform
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -22,6 +21,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from monitor import metric_catalog as catalog
+from monitor.version import version
 
 
 def declare(name: str, registry: CollectorRegistry) -> Any:
@@ -34,13 +34,6 @@ def declare(name: str, registry: CollectorRegistry) -> Any:
         return Gauge(spec.name, spec.help, labels, registry=registry)
     assert spec.buckets is not None
     return Histogram(spec.name, spec.help, labels, buckets=spec.buckets, registry=registry)
-
-
-def version() -> str:
-    try:
-        return metadata.version("repwatch")
-    except metadata.PackageNotFoundError:  # running from a checkout that is not installed
-        return "unknown"
 
 
 def register_standard(registry: CollectorRegistry, component: str) -> None:
