@@ -103,7 +103,9 @@ def generic_panels(family: str, templated: bool) -> list[Panel]:
             expr, unit = _quantile(0.99, spec.name, by, sel), spec.unit or "short"
             if unit == "seconds":
                 unit = "s"
-        panels.append(_p(spec.name.removeprefix("repwatch_").replace("_", " "), "timeseries",
+        words = spec.base_name.removeprefix("repwatch_").replace("_", " ").capitalize()
+        title = {"counter": f"{words} / s", "gauge": words}.get(spec.kind, f"{words} p99")
+        panels.append(_p(title, "timeseries",
                          (expr, legend), unit=unit, description=spec.help))
     return panels
 

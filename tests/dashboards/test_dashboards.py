@@ -355,3 +355,29 @@ def test_push_rejects_a_directory_without_dashboards(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text('{"not": "a dashboard"}')
     with pytest.raises(SystemExit, match="is not a dashboard"):
         main(["dashboards", "push", "--url", "http://127.0.0.1:9", "--from-dir", str(tmp_path)])
+
+
+def test_a_new_family_gets_a_row_of_panels_on_both_dashboards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Adding a family (the security detectors) is adding catalogue entries: no dashboard code."""
+    from monitor import metric_catalog as catalog
+
+    extra = (
+        catalog.MetricSpec("repwatch_attack_clients_flagged_total", "counter", "Clients flagged.",
+                           ("model", "model_version", "detector"), "", "monitor", "security"),
+        catalog.MetricSpec("repwatch_adversarial_score_threshold", "gauge", "Threshold.",
+                           ("model", "model_version", "detector"), "", "monitor", "security"),
+    )
+    monkeypatch.setattr(catalog, "CATALOG", catalog.CATALOG + extra)
+    for board in dashboards.boards():
+        rows = dict(board.rows)
+        assert [p.title for p in rows["Security"]] == [
+            "Attack clients flagged / s", "Adversarial score threshold"]
+        exprs = [e for p in rows["Security"] for e, _ in p.targets]
+        assert all(catalog.query_errors(e) == [] for e in exprs)
+        if board.templated:
+            assert exprs[0] == ('sum by (detector) (rate(repwatch_attack_clients_flagged_total'
+                                '{model="$model", model_version="$version"}[$__rate_interval]))')
+        else:
+            assert exprs[1] == "max by (model, detector) (repwatch_adversarial_score_threshold)"
