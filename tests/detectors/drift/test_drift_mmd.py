@@ -161,3 +161,26 @@ def test_errors_name_the_problem() -> None:
         MMDDrift(bandwidth=-1.0).fit(rng.normal(size=(50, 2)))
     with pytest.raises(ValueError, match="no spread"):
         MMDDrift().fit(np.ones((20, 2)))
+
+
+def test_reference_kernel_is_built_in_slabs_without_a_float64_matrix() -> None:
+    import tracemalloc
+
+    from detectors.drift.base import gaussian_kernel
+    from detectors.drift.mmd import _reference_kernel
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(3000, 8))
+    K32, rows = _reference_kernel(X, 2.0)
+    full = gaussian_kernel(X, X, 2.0)
+    np.fill_diagonal(full, 0.0)
+    np.testing.assert_array_equal(K32, full.astype(np.float32))
+    np.testing.assert_allclose(rows, full.sum(axis=1), rtol=1e-12)
+    del full
+    tracemalloc.start()
+    MMDDrift(method="exact", bandwidth=2.0).fit(X)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # the float32 matrix (36 MB) plus the temporaries of one 8 MB slab; the old build held a
+    # float64 matrix and its float32 copy, 12 N^2 = 108 MB
+    assert peak < 4 * 3000**2 + 4 * (1 << 23), peak
