@@ -48,15 +48,27 @@ def register(sub: Any) -> None:
     u.set_defaults(func=run_push)
 
 
+OPS_EXTRA = "install the ops extra: pip install 'repwatch[ops]'"
+
+
+def _need(module: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise SystemExit(f"repwatch dashboards needs {module}; {OPS_EXTRA}") from None
+
+
 def _generated() -> list[dict[str, Any]]:
     from monitor import dashboards
 
+    _need("grafana_foundation_sdk")
     return [dashboards.render(b) for b in dashboards.boards()]
 
 
 def run_build(args: argparse.Namespace) -> int:
     from monitor import dashboards
 
+    _need("grafana_foundation_sdk")
     for path in dashboards.write(args.out or dashboards.GENERATED):
         print(path)
     return 0
@@ -116,6 +128,7 @@ def push(url: str, token: str | None, docs: list[dict[str, Any]], folder: str = 
 
 
 def run_push(args: argparse.Namespace) -> int:
+    _need("grafana_client")
     from grafana_client.client import GrafanaException
 
     docs = _load(args.from_dir) if args.from_dir else _generated()

@@ -381,3 +381,16 @@ def test_a_new_family_gets_a_row_of_panels_on_both_dashboards(
                                 '{model="$model", model_version="$version"}[$__rate_interval]))')
         else:
             assert exprs[1] == "max by (model, detector) (repwatch_adversarial_score_threshold)"
+
+
+def test_build_writes_the_dashboards_and_names_the_extra_when_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    assert main(["dashboards", "build", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "repwatch-model.json", "repwatch-overview.json"]
+    assert (tmp_path / "repwatch-model.json").read_text() == (
+        GENERATED / "repwatch-model.json").read_text()
+    monkeypatch.setitem(__import__("sys").modules, "grafana_foundation_sdk", None)
+    with pytest.raises(SystemExit, match=r"pip install 'repwatch\[ops\]'"):
+        main(["dashboards", "build", "--out", str(tmp_path)])
