@@ -250,3 +250,17 @@ def test_sidecar_snippet_is_valid(tmp_path: Path) -> None:
     assert pod["metadata"]["labels"]["repwatch.io/sidecar"] == "true"  # the PodMonitor's selector
     (side,) = [c for c in pod["spec"]["containers"] if c["name"] == "repwatch"]
     assert side["ports"][0]["name"] == "repwatch"  # the PodMonitor's port
+
+
+def test_packaged_chart_carries_the_linked_rules_and_dashboards(tmp_path: Path) -> None:
+    """``rules/`` and ``dashboards/`` are links into dashboards/: packaging dereferences them,
+    and the archive renders the same manifests as the checkout."""
+    chart = _chart()
+    c = chart.Chart.load(str(CHART))
+    archive = Path(c.save(str(tmp_path)))
+    packed = chart.Chart.load_archive(archive.read_bytes())
+    files = sorted(f["name"] for f in packed.files)
+    assert "rules/repwatch.rules.yml" in files and "dashboards/repwatch-model.json" in files
+    assert not [f for f in files if f.endswith(".test.yml")]
+    opts = {"name": "rw", "namespace": "ml", "is_install": True}
+    assert packed.render(FULL, **opts) == c.render(FULL, **opts)
