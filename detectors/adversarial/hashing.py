@@ -34,8 +34,8 @@ def window_hashes(
     X: ArrayLike,
     *,
     value_range: tuple[float, float] = (0.0, 1.0),
-    levels: int = 8,
-    window: int = 8,
+    levels: int = 16,
+    window: int = 4,
     stride: int = 1,
     seed: int = 0,
 ) -> U64:
@@ -51,7 +51,9 @@ def window_hashes(
     levels : int
         Quantisation levels (coarser: more tolerant to small noise).
     window : int
-        Values per window.
+        Values per window. The defaults (16 levels, windows of 4) were chosen on the digits
+        benchmark (``benchmarks/results/security.md``): longer windows miss SquareAttack's
+        early queries, whose patches cover most of an 8×8 image.
     stride : int
         Step between windows.
     seed : int
@@ -72,7 +74,7 @@ def window_hashes(
     >>> other = rng.random((1, 64))
     >>> H = window_hashes(np.vstack([x, patched, other]))
     >>> H.shape, H.dtype
-    ((3, 57), dtype('uint64'))
+    ((3, 61), dtype('uint64'))
     >>> shared = lambda a, b: len(np.intersect1d(H[a], H[b]))
     >>> shared(0, 1) >= 40, shared(0, 2)
     (True, 0)

@@ -154,7 +154,7 @@ class QueryAttackDetector(Detector):
     >>> send = lambda who, x: det.update_batch(who, emb(x), window_hashes(x), content_digest(x))
     >>> res = send(["mallory"] * 40, walk)
     >>> [(a.client, a.record_index) for a in res.alerts]
-    [('mallory', 4)]
+    [('mallory', 3)]
     >>> fresh = rng.random((200, 64))
     >>> send(["alice"] * 200, fresh).alerts
     ()
@@ -173,7 +173,7 @@ class QueryAttackDetector(Detector):
         history: int = 32,
         window: int = 20,
         k: int | None = None,
-        query_fpr: float = 0.002,
+        query_fpr: float = 0.001,
         alert_budget: float = 0.005,
         budget_queries: int = 1000,
         max_df: float = 0.01,
