@@ -162,6 +162,33 @@ class AlertsConfig(_Model):
     source: str = "repwatch/monitor"
 
 
+class ServingLimits(_Model):
+    """Bounds on what one request may carry; a violation is a 4xx naming the field and limit."""
+
+    max_rows: int = Field(
+        4096, gt=0, description="rows per request (infer batch, records, feedback entries); "
+        "never more than serving.queue_size"
+    )
+    max_elements: int = Field(
+        4 * 1024 * 1024, gt=0, description="tensor elements per request, summed over inputs"
+    )
+    max_rank: int = Field(8, gt=0, le=32, description="dimensions of a declared tensor shape")
+    max_json_depth: int = Field(32, gt=1, le=512, description="nesting of a JSON body")
+    max_id_bytes: int = Field(256, gt=0, description="UTF-8 bytes of a record id")
+    max_version_bytes: int = Field(128, gt=0, description="UTF-8 bytes of a model version")
+    max_client_id_bytes: int = Field(1024, gt=0, description="raw client id, before hashing")
+    max_prediction_bytes: int = Field(16384, gt=0, description="a prediction, msgpack-encoded")
+    max_label_bytes: int = Field(1024, gt=0, description="a feedback label (string or number)")
+    max_record_bytes: int = Field(
+        900_000, gt=0, description="an encoded record; keep below the producer's maximum "
+        "request size (1 MB by default in both Kafka clients)"
+    )
+    min_timestamp_ms: int = Field(0, ge=0, description="earliest record timestamp accepted")
+    max_future_ms: int = Field(
+        86_400_000, ge=0, description="how far past the sidecar's clock a timestamp may be"
+    )
+
+
 class ServingConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, gt=0, lt=65536)
@@ -180,6 +207,19 @@ class ServingConfig(_Model):
         "auto", description="record producer client; auto = confluent-kafka when installed"
     )
     feedback_cache_size: int = Field(10000, ge=0, description="recent records feedback can join")
+    limits: ServingLimits = ServingLimits()
+    inference_threads: int = Field(
+        4, gt=0, description="threads that parse and run infer requests off the event loop"
+    )
+    request_timeout_seconds: float = Field(
+        30.0, gt=0, description="an infer request still running after this answers 503"
+    )
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, description="a request body not fully received after this answers 408"
+    )
+    stream_stall_seconds: float = Field(
+        30.0, gt=0, description="records waiting with no delivery this long: stream degraded"
+    )
 
 
 class MonitorConfig(_Model):

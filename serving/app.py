@@ -8,7 +8,17 @@ and, on shutdown, flushes it within ``serving.flush_timeout_seconds``.
 Endpoints: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}``,
 ``/v2/models/{name}/ready`` (both also under ``/versions/{v}``), ``POST
 /v2/models/{name}[/versions/{v}]/infer``, ``POST /v1/records``, ``POST /v1/feedback``,
-``GET /metrics``. Every error is ``{"error": "..."}`` with a 4xx/5xx status.
+``GET /metrics``. Every error is ``{"error": "..."}`` with a 4xx/5xx status; client errors
+are not logged with stack traces, unexpected ones are (once) and still answer JSON.
+
+``/v2/health/ready`` answers 200 once the models are loaded, with the record stream's state in
+its detail: ``stream.state`` is ``degraded`` while records wait and none has been delivered for
+``serving.stream_stall_seconds`` (also the gauge ``repwatch_serving_record_stream_degraded``).
+Predictions never fail because of it; an orchestrator that should restart the sidecar on a stuck
+stream can read the detail.
+
+Ingest bodies are parsed on the sidecar's thread pool, bounded by ``serving.limits``, and may be
+gzip/deflate-compressed (``Content-Encoding``) like infer bodies.
 
 Each prediction's record id comes back in the ``X-Repwatch-Record-Id`` header (and in the
 response ``parameters.record_id`` when the sidecar runs the model itself): feedback joins on it.
@@ -33,7 +43,7 @@ from monitor.config import Config
 from serving import ingest
 from serving.builder import RecordsItem
 from serving.core import Sidecar
-from serving.fastpath import SidecarApp
+from serving.fastpath import SidecarApp, read_body
 from serving.oip import OIPError, error_body
 
 log = logging.getLogger(__name__)
@@ -87,26 +97,32 @@ def create_app(
     )
     app.state.sidecar = side
     limit = config.serving.max_body_bytes
+    body_timeout = config.serving.body_timeout_seconds
     models = side.models
+    limits = side.limits
 
-    async def read_body(request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise OIPError(f"Content-Length {length!r} is not a number")
-            if int(length) > limit:
-                raise OIPError(
-                    f"body of {length} bytes is over serving.max_body_bytes ({limit})", 413
-                )
-            return await request.body()
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise OIPError(f"body is over serving.max_body_bytes ({limit} bytes)", 413)
-            chunks.append(chunk)
-        return b"".join(chunks)
+    async def body_of(request: Request) -> bytes:
+        body = await read_body(
+            request.receive, request.headers.get("content-length"), limit, body_timeout
+        )
+        if body is None:
+            raise OIPError("the client closed the connection before the body arrived")
+        return body
+
+    async def offload(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(side.pool, fn, *args)
+
+    def parse_ingest(request: Request, body: bytes, feedback: bool) -> tuple[Any, list[Any]]:
+        body = limits.decode_body(body, request.headers.get("content-encoding"))
+        doc = ingest.load_body(body, request.headers.get("content-type"), limits)
+        target = side.target(ingest.model_name(doc))
+        header_client = request.headers.get(side.client_header)
+        if feedback:
+            return target, ingest.parse_feedback(doc, target, side.pseudonym, header_client, limits)
+        records = ingest.parse_records(
+            doc, target, side.new_id, side.pseudonym, header_client, limits
+        )
+        return target, records
 
     def lookup(name: str, version: str | None) -> Any:
         model = models.get(name)
@@ -129,7 +145,13 @@ def create_app(
 
     @app.exception_handler(OIPError)
     async def _oip_error(_: Request, exc: OIPError) -> Response:
+        side.rejected(exc)
         return _error(exc.message, exc.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette re-raises after answering, so the server logs the stack trace once.
+        return _error(f"internal error on {request.url.path}: {type(exc).__name__}: {exc}", 500)
 
     # ---- health and metadata ------------------------------------------------------------------
     @app.get("/v2")
@@ -145,7 +167,7 @@ def create_app(
     @app.get("/v2/health/ready")
     async def ready() -> Response:
         ok = side.ready()
-        return _json({"ready": ok}, 200 if ok else 503)
+        return _json({"ready": ok, "stream": side.stream_health()}, 200 if ok else 503)
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
@@ -166,20 +188,14 @@ def create_app(
     # ---- records and feedback from services that embed themselves ------------------------
     @app.post("/v1/records")
     async def post_records(request: Request) -> Response:
-        doc = ingest.load_body(await read_body(request), request.headers.get("content-type"))
-        target = side.target(ingest.model_name(doc))
-        header_client = request.headers.get(side.client_header)
-        records = ingest.parse_records(doc, target, side.new_id, side.pseudonym, header_client)
+        _, records = await offload(parse_ingest, request, await body_of(request), False)
         if side.streaming:
             side.enqueue(RecordsItem(records), len(records))
         return _json({"accepted": len(records), "ids": [r.record_id for r in records]}, 202)
 
     @app.post("/v1/feedback")
     async def post_feedback(request: Request) -> Response:
-        doc = ingest.load_body(await read_body(request), request.headers.get("content-type"))
-        target = side.target(ingest.model_name(doc))
-        header_client = request.headers.get(side.client_header)
-        items = ingest.parse_feedback(doc, target, side.pseudonym, header_client)
+        _, items = await offload(parse_ingest, request, await body_of(request), True)
         if side.streaming:
             for item in items:
                 side.enqueue(item, 1)

@@ -1,4 +1,5 @@
-"""The sidecar's state: models, record queue and stream, metrics, client-id pseudonyms."""
+"""The sidecar's state: models, record queue and stream, metrics, client-id pseudonyms, intake
+limits, and the thread pool that parses and runs requests off the event loop."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hmac
 import itertools
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -13,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from monitor.config import Config, read_secret
 from serving.builder import RecordBuilder
 from serving.ingest import Target
+from serving.limits import LimitError, Limits
 from serving.metrics import ServingMetrics
 from serving.models import ServedModel
 from serving.oip import OIPError
@@ -101,6 +104,9 @@ class Sidecar:
         self.client_header = s.client_id_header.lower()
         self.pseudonym = Pseudonymizer(read_secret(s.client_id_key))
         self.streaming = s.stream_records
+        self.limits = Limits.of(s.limits, s.queue_size, s.max_body_bytes)
+        # Parsing, onnxruntime and response encoding run here, never on the event loop.
+        self.pool = ThreadPoolExecutor(s.inference_threads, thread_name_prefix="repwatch-infer")
         self.queue = RecordQueue(s.queue_size, self.metrics)
         self.stream = RecordStream(
             self.queue,
@@ -111,6 +117,8 @@ class Sidecar:
             ),
             config.topics.records,
             self.metrics,
+            max_record_bytes=s.limits.max_record_bytes,
+            degraded_after=s.stream_stall_seconds,
         )
         self.tap = TapClient(self)
         self._ids = itertools.count()
@@ -141,6 +149,7 @@ class Sidecar:
             self.stream.close(self.config.serving.flush_timeout_seconds)
         for m in self.models.values():
             m.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("serving sidecar stopped")
 
     async def aclose(self) -> None:
@@ -148,6 +157,24 @@ class Sidecar:
 
     def ready(self) -> bool:
         return self._started
+
+    def stream_health(self) -> dict[str, Any]:
+        """Readiness detail of the record stream; ``degraded`` never fails predictions."""
+        if not self.streaming:
+            return {"state": "off"}
+        stream = self.stream
+        waited = stream.undelivered_seconds
+        return {
+            "state": "degraded" if waited > stream.degraded_after else "ok",
+            "waiting_records": stream.waiting,
+            "seconds_without_delivery": round(waited, 3),
+            "degraded_after_seconds": stream.degraded_after,
+        }
+
+    def rejected(self, exc: Exception) -> None:
+        """Count a request refused for going over a configured bound."""
+        if isinstance(exc, LimitError):
+            self.metrics.rejected.labels(exc.reason).inc()
 
     # ---- request-path helpers -----------------------------------------------------------
     def new_id(self) -> str:

@@ -8,6 +8,11 @@ Settings are written once, with kafka-python's names
 (:func:`serving.stream.kafka_producer_options`); :func:`librdkafka_config` maps them to
 librdkafka's. Both clients report every record exactly once to ``acked(model)`` or
 ``failed(error)``, and broker-unreachable conditions to ``unreachable(error)``.
+
+``send`` raises :class:`RecordRejected` for a record the client refuses on its own account (too
+large, unserialisable): the caller drops it, counted by reason, and goes on. Any other exception
+from ``send`` means the broker cannot take records now (metadata unavailable, local queue full):
+the caller keeps the record and retries later.
 """
 
 from __future__ import annotations
@@ -88,6 +93,14 @@ Acked = Callable[[str], None]
 Failed = Callable[[str], None]
 
 
+class RecordRejected(Exception):
+    """The client refused this one record; ``reason`` is ``too_large`` or ``send_error``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class KafkaPythonClient:
     """kafka-python: callbacks run on its sender thread; ``send`` blocks up to max_block_ms."""
 
@@ -112,7 +125,16 @@ class KafkaPythonClient:
         self._failed(f"{type(exc).__name__}: {exc}")
 
     def send(self, topic: str, key: bytes, value: bytes) -> None:
-        fut = self.producer.send(topic, key=key, value=value)
+        from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+
+        try:
+            fut = self.producer.send(topic, key=key, value=value)
+        except KafkaTimeoutError:
+            raise  # metadata unavailable within max_block_ms: the broker, not the record
+        except MessageSizeTooLargeError as exc:
+            raise RecordRejected("too_large", f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            raise RecordRejected("send_error", f"{type(exc).__name__}: {exc}") from None
         fut.add_callback(self._ok, key.decode())
         fut.add_errback(self._err)
 
@@ -166,11 +188,23 @@ class ConfluentClient:
             self._unreachable(f"KafkaError: {err.str()}")
 
     def send(self, topic: str, key: bytes, value: bytes) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
         try:
-            self.producer.produce(topic, value, key, on_delivery=self._delivered)
-        except BufferError:  # local queue full: serve callbacks once, then try again
-            self.producer.poll(0.1)
-            self.producer.produce(topic, value, key, on_delivery=self._delivered)
+            try:
+                self.producer.produce(topic, value, key, on_delivery=self._delivered)
+            except BufferError:  # local queue full: serve callbacks once, then try again
+                self.producer.poll(0.1)
+                self.producer.produce(topic, value, key, on_delivery=self._delivered)
+        except BufferError:
+            raise  # still full: the broker is not taking records; retried later
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            code = err.code() if isinstance(err, KafkaError) else None
+            reason = "too_large" if code == KafkaError.MSG_SIZE_TOO_LARGE else "send_error"
+            raise RecordRejected(reason, f"KafkaException: {exc}") from None
+        except Exception as exc:
+            raise RecordRejected("send_error", f"{type(exc).__name__}: {exc}") from None
 
     def outstanding(self) -> int:
         return len(self.producer)

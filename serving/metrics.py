@@ -20,6 +20,8 @@ DROP_REASONS = (
     "invalid_record",  # it could not be encoded (e.g. NaN embedding under nan_policy=pass)
     "unjoined_feedback",  # feedback for a record id the sidecar no longer remembers
     "shutdown",  # still queued or in flight when the shutdown deadline passed
+    "too_large",  # over serving.limits.max_record_bytes, or refused by the client as too large
+    "send_error",  # refused by the Kafka client for another per-record reason (never retried)
 )
 
 
@@ -47,6 +49,12 @@ class ServingMetrics:
         self.rejected = m("repwatch_serving_rejected_total")
         self.stream_degraded = m("repwatch_serving_record_stream_degraded")
         self.records_in_flight = m("repwatch_serving_records_in_flight")
+        from serving.limits import REASONS
+
+        self.rejected = m("repwatch_serving_rejected_total")
+        for reason in REASONS:
+            self.rejected.labels(reason)
+        self.stream_degraded = m("repwatch_serving_record_stream_degraded")
 
     def track_queue(self, depth: Callable[[], float], capacity: int) -> None:
         self.queue_depth.set_function(depth)

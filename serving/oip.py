@@ -14,12 +14,24 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+if TYPE_CHECKING:
+    from serving.limits import Limits
+
 HEADER_LENGTH = "inference-header-content-length"
+
+# Parameters this server implements; any other is refused (400) rather than silently ignored.
+# ``timeout`` is Triton's per-request timeout in microseconds (capped by the server's own).
+REQUEST_PARAMETERS = ("binary_data_output", "timeout")
+INPUT_PARAMETERS = ("binary_data_size",)
+OUTPUT_PARAMETERS = ("binary_data",)
+# Sane bounds for declared shapes where no configured limits apply (tap-mode records).
+_DEFAULT_RANK = 32
+_DEFAULT_ELEMENTS = 1 << 40
 
 # OIP datatype <-> numpy dtype (little-endian on the wire). BYTES and BF16 are not served.
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -95,18 +107,52 @@ def _loads(raw: bytes | memoryview, what: str) -> Any:
         return _json_loads(bytes(raw) if isinstance(raw, memoryview) else raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise OIPError(f"malformed JSON in {what}: {exc}") from None
+    except RecursionError:
+        raise OIPError(f"JSON in {what} is nested too deep for the parser") from None
 
 
-def _shape(value: Any, name: str) -> list[int]:
+def _shape(value: Any, name: str, limits: Limits | None) -> tuple[list[int], int]:
+    """The declared shape and its element count, validated before anything is allocated."""
+    if limits is not None:
+        return value, limits.shape(value, name)
     if not isinstance(value, list) or not all(type(d) is int and d >= 0 for d in value):
         raise OIPError(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    return value
+    count = nonzero = 1
+    for d in value:
+        count *= d
+        nonzero *= max(d, 1)
+    if len(value) > _DEFAULT_RANK or nonzero > _DEFAULT_ELEMENTS:
+        raise OIPError(f"input {name!r}: shape {value} is too large")
+    return value, count
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferRequest:
-    """Parse an infer request body; ``header_length`` is the Inference-Header-Content-Length."""
+def _known(params: Any, allowed: tuple[str, ...], where: str) -> None:
+    if not isinstance(params, dict):
+        raise OIPError(f"{where} 'parameters' must be an object")
+    unknown = sorted(str(k) for k in params if k not in allowed)
+    if unknown:
+        from serving.limits import LimitError
+
+        raise LimitError(
+            f"{where} parameters {unknown} are not implemented by this server; it knows "
+            f"{list(allowed)}",
+            "parameter",
+        )
+
+
+def parse_request(
+    body: bytes, header_length: str | None, limits: Limits | None = None
+) -> InferRequest:
+    """Parse an infer request body; ``header_length`` is the Inference-Header-Content-Length.
+
+    With ``limits`` (the sidecar's own requests), declared shapes, JSON depth and the element
+    budget are checked against them and unknown parameters are refused; without (re-reading a
+    request a tap-mode upstream already answered), only what keeps parsing safe.
+    """
     view = memoryview(body)
     if header_length is None:
+        if limits is not None:
+            limits.json_depth(body)
         header: Any = _loads(body, "the request body")
         binary = view[len(body) :]
     else:
@@ -120,6 +166,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
             raise OIPError(
                 f"Inference-Header-Content-Length {hlen} is outside the body of {len(body)} bytes"
             )
+        if limits is not None:
+            limits.json_depth(view[:hlen])
         header = _loads(view[:hlen], "the inference header")
         binary = view[hlen:]
     if not isinstance(header, dict):
@@ -129,11 +177,15 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         raise OIPError("the inference request needs a non-empty 'inputs' list")
     inputs: list[Tensor] = []
     offset = 0
+    total = 0
     for i, spec in enumerate(raw_inputs):
         if not isinstance(spec, dict):
             raise OIPError(f"inputs[{i}] must be an object")
-        tensor, used = _parse_input(spec, i, binary, offset)
+        tensor, used = _parse_input(spec, i, binary, offset, limits)
         offset += used
+        total += tensor.array.size
+        if limits is not None:
+            limits.elements(total)
         inputs.append(tensor)
     if offset != len(binary):
         raise OIPError(
@@ -143,6 +195,13 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     params = header.get("parameters") or {}
     if not isinstance(params, dict):
         raise OIPError("'parameters' must be an object")
+    if limits is not None:
+        _known(params, REQUEST_PARAMETERS, "request")
+        timeout = params.get("timeout")
+        if timeout is not None and (
+            not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
+        ):
+            raise OIPError("parameters.timeout must be a positive number of microseconds")
     binary_default = bool(params.get("binary_data_output", False))
     outputs: dict[str, bool] | None = None
     raw_outputs = header.get("outputs")
@@ -154,6 +213,10 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise OIPError(f"outputs[{j}] must be an object with a 'name'")
             oparams = out.get("parameters") or {}
+            if limits is not None:
+                _known(oparams, OUTPUT_PARAMETERS, f"outputs[{j}]")
+            elif not isinstance(oparams, dict):
+                raise OIPError(f"outputs[{j}] 'parameters' must be an object")
             outputs[out["name"]] = bool(oparams.get("binary_data", binary_default))
     rid = header.get("id")
     return InferRequest(
@@ -166,7 +229,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
 
 
 def _parse_input(
-    spec: dict[str, Any], i: int, binary: memoryview, offset: int
+    spec: dict[str, Any], i: int, binary: memoryview, offset: int, limits: Limits | None = None
 ) -> tuple[Tensor, int]:
     name = spec.get("name")
     if not isinstance(name, str):
@@ -178,11 +241,10 @@ def _parse_input(
             f"input {name!r}: datatype {datatype!r} is not supported; "
             f"use one of {sorted(DATATYPES)}"
         )
-    shape = _shape(spec.get("shape"), name)
-    count = 1
-    for d in shape:
-        count *= d
+    shape, count = _shape(spec.get("shape"), name, limits)
     params = spec.get("parameters")
+    if limits is not None and params is not None:
+        _known(params, INPUT_PARAMETERS, f"input {name!r}")
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
         if type(size) is not int or size < 0:

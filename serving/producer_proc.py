@@ -11,8 +11,10 @@ Protocol (msgpack over two one-way pipes):
 * parent → child: ``["send", topic, [[key, value], ...]]``, ``["reset"]`` (rebuild the producer
   after repeated failures), ``["close", seconds]`` (flush within the deadline and exit);
 * child → parent: ``{"ok": {model: n}}`` acknowledgements, ``{"fail": n, "error": str}`` for
-  records the client gave up on, ``{"connect": str}`` when the producer cannot be built or
-  reach any broker.
+  records the client gave up on, ``{"drop": {reason: n}, "drop_error": str}`` for records the
+  client refused outright (too large, unserialisable: dropped, never retried, so one record
+  cannot wedge the stream), ``{"connect": str}`` when the producer cannot be built or reach any
+  broker.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import msgpack
 
-from serving.kafka_clients import client_class
+from serving.kafka_clients import RecordRejected, client_class
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class _Child:
         self.ok: Counter[str] = Counter()
         self.fail = 0
         self.error = ""
+        self.drop: Counter[str] = Counter()
+        self.drop_error = ""
         self.unreachable: str | None = None
         self.reset = False
         self.deadline: float | None = None
@@ -86,10 +90,17 @@ class _Child:
         with self.lock:
             self.unreachable = error
 
+    def _dropped(self, reason: str, error: str) -> None:
+        with self.lock:
+            self.drop[reason] += 1
+            self.drop_error = error
+
     def emit(self, connect_error: str | None = None) -> None:
         with self.lock:
             ok, fail, error = dict(self.ok), self.fail, self.error
+            drop, drop_error = dict(self.drop), self.drop_error
             self.ok.clear()
+            self.drop.clear()
             self.fail = 0
             if connect_error is None:
                 connect_error, self.unreachable = self.unreachable, None
@@ -99,6 +110,9 @@ class _Child:
         if fail:
             event["fail"] = fail
             event["error"] = error
+        if drop:
+            event["drop"] = drop
+            event["drop_error"] = drop_error
         if connect_error is not None:
             event["connect"] = connect_error
         if event:
@@ -134,6 +148,8 @@ class _Child:
         for i, (topic, key, value) in enumerate(batch):
             try:
                 send(topic, key, value)
+            except RecordRejected as exc:  # this record only: drop it, go on
+                self._dropped(exc.reason, str(exc))
             except Exception as exc:  # metadata unavailable: keep the rest, try later
                 with self.cond:
                     self.pending.extendleft(reversed(batch[i:]))

@@ -8,6 +8,8 @@ reported in the model metadata; a requested accelerator that did not come up is 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from serving.limits import LimitError
 from serving.oip import DATATYPES, ORT_TYPES, OIPError, Tensor
 
 log = logging.getLogger(__name__)
@@ -162,3 +165,83 @@ class ModelSession:
 
 def input_dtype(spec: TensorSpec) -> np.dtype[Any]:
     return DATATYPES[spec.datatype]
+
+
+class RunControl:
+    """One request's handle on its ``session.run``: terminate it from another thread (request
+    timeout), or after ``timeout`` seconds of its own (the request's ``parameters.timeout``)."""
+
+    def __init__(self) -> None:
+        self.timeout: float | None = None
+        self._options: Any = None
+        self._terminated = False
+        self._lock = threading.Lock()
+
+    def run(
+        self, session: ModelSession, feeds: dict[str, NDArray[Any]], *, shrink: bool = False
+    ) -> list[NDArray[Any]]:
+        """``session.run`` under this control; ``shrink`` returns the arena's memory after."""
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        if shrink:  # onnxruntime's CPU arena otherwise keeps the peak of the largest batch
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        with self._lock:
+            self._options = options
+            if self._terminated:
+                options.terminate = True
+        timer = None
+        if self.timeout is not None:
+            timer = threading.Timer(self.timeout, self.terminate)
+            timer.daemon = True
+            timer.start()
+        try:
+            return session.session.run(None, feeds, options)
+        except Exception:
+            if self._terminated:
+                raise LimitError(
+                    "inference was stopped at its timeout (parameters.timeout, or "
+                    "serving.request_timeout_seconds)",
+                    "timeout",
+                    503,
+                ) from None
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def terminate(self) -> None:
+        with self._lock:
+            self._terminated = True
+            if self._options is not None:
+                self._options.terminate = True
+
+
+def is_client_error(exc: BaseException) -> bool:
+    """onnxruntime refused the request's values (e.g. an index out of range): a 400, not a 500."""
+    return type(exc).__name__ in ("InvalidArgument", "InvalidProtobuf")
+
+
+_libc: Any = None
+_last_release = 0.0
+
+
+def release_memory(min_interval: float = 1.0) -> None:
+    """Hand freed heap memory back to the OS (glibc keeps it otherwise), at most once a
+    ``min_interval``: after a large batch the RSS returns near its baseline."""
+    global _libc, _last_release
+    now = time.monotonic()
+    if now - _last_release < min_interval:
+        return
+    _last_release = now
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # not glibc: nothing to do
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)

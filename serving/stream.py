@@ -12,6 +12,13 @@ records (counted as ``queue_full``). Records the producer gives up on are counte
 ``delivery_failed``. Nothing waits on the broker on the request path, and the thread recovers by
 itself: it backs off, and after repeated failures rebuilds the producer (a broker restarted with
 empty storage does not know the old idempotent producer id).
+
+No single record can wedge the stream: a record over ``max_record_bytes`` is dropped before it
+is handed over (``too_large``), one the client refuses (too large for it, unserialisable, any
+per-record error) is dropped by the transport with its reason, never re-queued, and an item that
+fails to build is dropped alone (``invalid_record``, counted in records), not with its batch.
+:attr:`RecordStream.degraded` is true while records wait and nothing has been delivered for
+``degraded_after`` seconds; the sidecar reports it in readiness detail and a gauge.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from serving.metrics import ServingMetrics
+from serving.metrics import DROP_REASONS, ServingMetrics
 from serving.transport import InProcessTransport, Transport
 
 log = logging.getLogger(__name__)
@@ -77,15 +84,19 @@ class RecordQueue:
             self._count += n
 
     def take(self, max_records: int, timeout: float) -> list[Any]:
+        return [item for _, item in self.take_counted(max_records, timeout)]
+
+    def take_counted(self, max_records: int, timeout: float) -> list[tuple[int, Any]]:
+        """Like :meth:`take`, with each item's record count."""
         with self._lock:
             if not self._items:
                 self._ready.wait(timeout)
-            out: list[Any] = []
+            out: list[tuple[int, Any]] = []
             taken = 0
             while self._items and taken < max_records:
-                n, item = self._items.popleft()
-                taken += n
-                out.append(item)
+                pair = self._items.popleft()
+                taken += pair[0]
+                out.append(pair)
             self._count -= taken
             return out
 
@@ -120,6 +131,8 @@ class RecordStream:
         linger: float = 0.02,
         rebuild_after_failures: int = 3,
         max_backoff: float = 5.0,
+        max_record_bytes: int | None = None,
+        degraded_after: float = 30.0,
     ) -> None:
         self.queue = queue
         self._build = build
@@ -136,6 +149,8 @@ class RecordStream:
         self.linger = linger
         self.rebuild_after_failures = rebuild_after_failures
         self.max_backoff = max_backoff
+        self.max_record_bytes = max_record_bytes
+        self.degraded_after = degraded_after
         self._lock = threading.Lock()
         self._in_flight = 0
         self._progress = 0.0  # last ack/failure, or when records went in flight after none
@@ -147,7 +162,12 @@ class RecordStream:
         self._thread = threading.Thread(target=self._loop, name="repwatch-producer", daemon=True)
         self._sent: dict[str, Any] = {}
         self._drop_delivery = metrics.records_dropped.labels("delivery_failed")
+        self._invalid = metrics.records_dropped.labels("invalid_record")
+        self._too_large = metrics.records_dropped.labels("too_large")
+        # Last delivery, and last moment nothing was waiting: degraded = waiting, undelivered.
+        self._delivered_at = self._idle_at = time.monotonic()
         metrics.track_in_flight(lambda: self._in_flight)
+        metrics.track_stream(lambda: float(self.degraded))
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,6 +176,23 @@ class RecordStream:
     @property
     def connected(self) -> bool:
         return self._failures == 0
+
+    @property
+    def waiting(self) -> int:
+        """Records queued or in flight."""
+        return len(self.queue) + max(0, self._in_flight)
+
+    @property
+    def undelivered_seconds(self) -> float:
+        """How long records have waited with no delivery (0 while nothing waits)."""
+        if not self.waiting:
+            self._idle_at = time.monotonic()
+            return 0.0
+        return time.monotonic() - max(self._delivered_at, self._idle_at)
+
+    @property
+    def degraded(self) -> bool:
+        return self.undelivered_seconds > self.degraded_after
 
     def close(self, timeout: float) -> None:
         """Flush what is queued and in flight within ``timeout`` seconds, then stop."""
@@ -206,24 +243,24 @@ class RecordStream:
             # rather than piling them up inside the client.
             self._wait(0.02)
             return True
+        if not self.waiting:
+            self._idle_at = now
         # After a failure, probe with one record: if the broker is still gone, only that
         # one waits out the delivery timeout, and the rest stay in the queue (drop-oldest).
-        items = self.queue.take(self.batch_records if self._failures == 0 else 1, 0.05)
+        items = self.queue.take_counted(self.batch_records if self._failures == 0 else 1, 0.05)
         if not items:
             return True
         messages: list[Message] = []
         fresh = []
-        for item in items:
+        for n, item in items:
             if isinstance(item, Encoded):
                 messages.extend(item.messages)
             else:
-                fresh.append(item)
+                fresh.append((n, item))
         if fresh:
-            try:
-                messages.extend(self._build(fresh))
-            except Exception:  # a bug in building must not kill the stream
-                log.exception("record stream: building records failed; dropping %d", len(fresh))
-                self.metrics.records_dropped.labels("invalid_record").inc(len(fresh))
+            messages.extend(self._build_each(fresh))
+        if self.max_record_bytes is not None:
+            messages = self._fit(messages)
         if messages:
             taken = self.transport.send(self.topic, messages)
             if taken < len(messages):
@@ -233,6 +270,39 @@ class RecordStream:
         if len(messages) < self.batch_records and not self._stop.is_set():
             self._stop.wait(self.linger)
         return True
+
+    def _build_each(self, fresh: list[tuple[int, Any]]) -> list[Message]:
+        """Build a batch; if that fails, item by item, so only the bad items are dropped."""
+        try:
+            return self._build([item for _, item in fresh])
+        except Exception as exc:
+            if len(fresh) == 1:
+                log.warning(
+                    "record stream: an item of %d records cannot be built (%s: %s); dropped",
+                    fresh[0][0],
+                    type(exc).__name__,
+                    exc,
+                )
+                self._invalid.inc(fresh[0][0])
+                return []
+        out: list[Message] = []
+        for pair in fresh:
+            out.extend(self._build_each([pair]))
+        return out
+
+    def _fit(self, messages: list[Message]) -> list[Message]:
+        limit = self.max_record_bytes
+        assert limit is not None
+        fit = [m for m in messages if len(m[1]) <= limit]
+        if len(fit) < len(messages):
+            self._too_large.inc(len(messages) - len(fit))
+            log.warning(
+                "record stream: %d records over %d bytes dropped (serving.limits."
+                "max_record_bytes)",
+                len(messages) - len(fit),
+                limit,
+            )
+        return fit
 
     def _wait(self, seconds: float) -> None:
         if self._stop.is_set():
@@ -250,7 +320,7 @@ class RecordStream:
     def acked(self, model: str, n: int) -> None:
         with self._lock:
             self._in_flight -= n
-            self._progress = time.monotonic()
+            self._progress = self._delivered_at = time.monotonic()
         self._failures = 0
         counter = self._sent.get(model)
         if counter is None:
@@ -266,6 +336,17 @@ class RecordStream:
         if self._failures == 0:
             log.warning("record stream: delivery failed (%s)", error)
         self._failed()
+
+    def dropped(self, n: int, reason: str, error: str) -> None:
+        """The client refused records (too large for it, unserialisable): never retried."""
+        if reason not in DROP_REASONS:
+            reason = "send_error"
+        with self._lock:
+            self._in_flight -= n
+            self._progress = time.monotonic()
+        self.metrics.records_dropped.labels(reason).inc(n)
+        self.metrics.producer_errors.labels("send").inc(n)
+        log.warning("record stream: %d records refused by the producer, dropped (%s)", n, error)
 
     def connect_failed(self, error: str, kind: str = "connect") -> None:
         self.metrics.producer_errors.labels(kind).inc()

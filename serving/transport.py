@@ -7,7 +7,8 @@
   stand-in), one ``send`` per record with delivery callbacks.
 
 Both report back through the stream's accounting: ``handed(n)`` before records leave,
-``acked(model, n)``, ``failed(n, error)`` and ``connect_failed(error)``.
+``acked(model, n)``, ``failed(n, error)``, ``dropped(n, reason, error)`` (records the client
+refused: never retried) and ``connect_failed(error)``.
 """
 
 from __future__ import annotations
@@ -67,9 +68,17 @@ class InProcessTransport(Transport):
         for i, (model, value) in enumerate(messages):
             try:
                 fut = self.producer.send(topic, key=model.encode(), value=value)
-            except Exception as exc:  # metadata unavailable within max_block_ms, or closed
-                stream.connect_failed(f"send: {type(exc).__name__}: {exc}", kind="send")
-                return i
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if _retriable(exc):  # metadata unavailable within max_block_ms: the broker
+                    stream.connect_failed(f"send: {error}", kind="send")
+                    return i
+                # Refused for this record (too large, unserialisable): drop, never re-queue.
+                stream.handed(1)
+                stream.dropped(
+                    1, "too_large" if "TooLarge" in type(exc).__name__ else "send_error", error
+                )
+                continue
             stream.handed(1)
             fut.add_callback(self._ok, model)
             fut.add_errback(self._err)
@@ -103,6 +112,14 @@ class InProcessTransport(Transport):
             producer.close(timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:
             log.warning("record stream: close failed (%s)", exc)
+
+
+def _retriable(exc: BaseException) -> bool:
+    """Whether a synchronous send error is the broker's (retry later), not the record's."""
+    return bool(getattr(exc, "retriable", False)) or type(exc).__name__ in (
+        "KafkaTimeoutError",
+        "BufferError",
+    )
 
 
 class ProcessTransport(Transport):
@@ -164,6 +181,8 @@ class ProcessTransport(Transport):
                     stream.acked(model, n)
                 if event.get("fail"):
                     stream.failed(event["fail"], event.get("error", ""))
+                for reason, n in event.get("drop", {}).items():
+                    stream.dropped(n, reason, event.get("drop_error", ""))
                 if "connect" in event:
                     stream.connect_failed(event["connect"])
         except (EOFError, OSError):
