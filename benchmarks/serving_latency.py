@@ -148,7 +148,8 @@ def soak(model: Path, x: np.ndarray, args: Any, workdir: Path) -> dict[str, Any]
     )
     t0 = time.monotonic()
     kill_at = args.soak_seconds / 2 - args.soak_down_seconds / 2
-    samples: list[tuple[float, float, float]] = []  # (t, rss MB, records sent)
+    # (t, rss MB, records sent, stream state in readiness, readiness probe ms)
+    samples: list[tuple[float, float, float, str, float]] = []
     events: list[str] = []
     down = False
     restarted = False
@@ -160,7 +161,10 @@ def soak(model: Path, x: np.ndarray, args: Any, workdir: Path) -> dict[str, Any]
             sent = sum(
                 v for k, v in m.items() if k.startswith("repwatch_serving_records_sent_total")
             )
-            samples.append((t, side.rss_mb(), sent))
+            state, probe_ms = side.stream_state()
+            if samples and state != samples[-1][3]:
+                events.append(f"{t:.0f} s: readiness reports the stream {state}")
+            samples.append((t, side.rss_mb(), sent, state, probe_ms))
             if not down and not restarted and t >= kill_at:
                 broker.stop()
                 down = True
@@ -175,6 +179,7 @@ def soak(model: Path, x: np.ndarray, args: Any, workdir: Path) -> dict[str, Any]
         report = hey.stdout.read() if hey.stdout else ""
         time.sleep(3)
         final = side.metrics()
+        state, probe_ms = side.stream_state()
         samples.append(
             (
                 time.monotonic() - t0,
@@ -184,6 +189,8 @@ def soak(model: Path, x: np.ndarray, args: Any, workdir: Path) -> dict[str, Any]
                     for k, v in final.items()
                     if k.startswith("repwatch_serving_records_sent_total")
                 ),
+                state,
+                probe_ms,
             )
         )
     finally:
@@ -239,14 +246,19 @@ def render(
             + ", ".join(f"{k} = {v:.0f}" for k, v in s["final"].items() if "_created" not in k)
             + ".",
             "",
-            "RSS and records sent over time (every ~10 s):",
+            f"Readiness probe during the soak: max {max(x[4] for x in s['samples']):.1f} ms; "
+            "`stream` is the record stream's state in `/v2/health/ready` (degraded after "
+            "`serving.stream_stall_seconds`, default 30 s, without a delivery while records wait; "
+            "readiness stays 200 and predictions are unaffected).",
             "",
-            "| t (s) | RSS (MB) | records sent |",
-            "| --- | --- | --- |",
+            "RSS, records sent and stream state over time (every ~10 s):",
+            "",
+            "| t (s) | RSS (MB) | records sent | stream |",
+            "| --- | --- | --- | --- |",
         ]
         step = max(1, len(s["samples"]) // 20)
-        for t, mb, sent in s["samples"][::step]:
-            lines.append(f"| {t:.0f} | {mb:.1f} | {sent:.0f} |")
+        for t, mb, sent, state, _ in s["samples"][::step]:
+            lines.append(f"| {t:.0f} | {mb:.1f} | {sent:.0f} | {state} |")
     return "\n".join(lines) + "\n"
 
 

@@ -228,13 +228,25 @@ class Sidecar:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def stream_state(self) -> tuple[str, float]:
+        """The record stream's state from ``/v2/health/ready`` and how long the probe took (ms)."""
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=10) as r:
+            doc = json.loads(r.read())
+        took = (time.perf_counter() - t0) * 1000
+        return str(doc.get("stream", {}).get("state", "n/a")), took
+
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
             text = r.read().decode()
         out: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith("repwatch_serving_records_") or line.startswith(
-                ("repwatch_serving_producer_errors_total", "repwatch_serving_record_queue_depth")
+                (
+                    "repwatch_serving_producer_errors_total",
+                    "repwatch_serving_record_queue_depth",
+                    "repwatch_serving_record_stream_degraded",
+                )
             ):
                 key, value = line.rsplit(" ", 1)
                 out[key] = float(value)
