@@ -207,12 +207,6 @@ CATALOG: tuple[MetricSpec, ...] = (
     _g("repwatch_serving_records_in_flight",
        "Records handed to the Kafka producer and not yet acknowledged.", (), "serving",
        "serving", "records"),
-    _c("repwatch_serving_rejected_total",
-       "Requests refused at intake for going over a configured bound (serving.limits), by "
-       "reason.", ("reason",), "serving", "serving"),
-    _g("repwatch_serving_record_stream_degraded",
-       "1 while records wait and none has been delivered for serving.stream_stall_seconds.",
-       (), "serving", "serving"),
 )
 
 _BY_NAME = {spec.name: spec for spec in CATALOG}
