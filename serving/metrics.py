@@ -51,10 +51,8 @@ class ServingMetrics:
         self.records_in_flight = m("repwatch_serving_records_in_flight")
         from serving.limits import REASONS
 
-        self.rejected = m("repwatch_serving_rejected_total")
         for reason in REASONS:
             self.rejected.labels(reason)
-        self.stream_degraded = m("repwatch_serving_record_stream_degraded")
 
     def track_queue(self, depth: Callable[[], float], capacity: int) -> None:
         self.queue_depth.set_function(depth)
