@@ -155,7 +155,7 @@ def _client_table(r: dict[str, Any]) -> list[str]:
         "",
         "| signals | benign clients alerted (1000 q each) | benign flag rate | HSJ flagged | "
         "HSJ median / max alert | Square stopped before success | HSJ over 10 pseudonyms: "
-        "first alert, pseudonyms alerted | Square over 10 pseudonyms |",
+        "first alert, pseudonyms alerted | longest Square run over 10 pseudonyms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in ("both signals", "embedding distance only", "window hashes only"):
@@ -184,15 +184,15 @@ def poison_tables(r: dict[str, Any], seeds: int) -> list[str]:
         f"Trusted reference: train split; clean calibration: validation split; feedback window: "
         f"the test split with 5 % poisoned, {seeds} draws pooled. Target: recall ≥ 0.95 at "
         "precision ≥ 0.7.", "",
-        "| detector | flips: precision | flips: recall | flips: rate est. | backdoor: precision "
-        "| backdoor: recall | backdoor: rate est. |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "Each cell: precision / recall / the window's estimated poisoning rate (true 0.05).",
+        "",
+        "| detector | label flips | backdoor (dirty label) | repeated trigger (clean label) |",
+        "| --- | --- | --- | --- |",
     ]
     for name in r["flip"]:
-        f, b = r["flip"][name], r["backdoor"][name]
-        lines.append(f"| {name} | {_f(f['precision'])} | {_f(f['recall'])} | "
-                     f"{_f(f['rate'], 3)} | {_f(b['precision'])} | {_f(b['recall'])} | "
-                     f"{_f(b['rate'], 3)} |")
+        cells = [f"{_f(r[k][name]['precision'])} / {_f(r[k][name]['recall'])} / "
+                 f"{_f(r[k][name]['rate'], 3)}" for k in ("flip", "backdoor", "repeat")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 

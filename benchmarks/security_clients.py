@@ -124,8 +124,8 @@ def run(model: OnnxDigits, pool: Array, victims: Array, labels: Array,
                 if at is not None and (success is None or at < success):
                     stopped += 1
             row[attack] = {"alerts": found, "stopped_before_success": stopped}
-        for attack, streams in runs.items():  # one run split over 10 pseudonyms
-            Qa = streams[0]
+        for attack, streams in runs.items():  # the longest run, split over 10 pseudonyms
+            Qa = max(streams, key=len)
             r = send(d, model, [f"{attack}-sock{j % 10}" for j in range(len(Qa))], Qa)
             row[f"{attack} over 10 pseudonyms"] = {
                 "first_alert": first_alert(r), "pseudonyms_alerted": len(r.alerts),
