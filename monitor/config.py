@@ -126,6 +126,9 @@ class ModelConfig(_Model):
     embedding_output: str = "embedding"
     logits_output: str | None = None
     encoder_path: Path | None = Field(None, description="separate SSL encoder ONNX graph")
+    tokenizer: Path | None = Field(
+        None, description="text model: tokenizer.json; requests send one BYTES input (strings)"
+    )
     embedding_dim: int | None = Field(None, gt=0)
     reference: Path | None = Field(None, description="reference artifact directory or array file")
     detectors: list[DetectorConfig] = []

@@ -19,6 +19,7 @@ from monitor.config import ModelConfig
 from serving.batching import Batcher
 from serving.oip import InferRequest, OIPError
 from serving.session import ModelSession
+from serving.text_io import DEFAULT_INPUT, TextInput
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,16 @@ class ServedModel:
             raise ValueError(f"{label}: give 'path' (an ONNX file) or 'upstream_url' (tap mode)")
         if config.path is not None:
             self.session = ModelSession(config.path, label, intra_op_threads=intra_op_threads)
+        self.text: TextInput | None = None  # a text model: BYTES in, tokenised here
+        if config.tokenizer is not None:
+            if self.session is None:
+                raise ValueError(f"{label}: 'tokenizer' needs 'path' (tap mode sends no text)")
+            self.text = TextInput(
+                config.tokenizer,
+                [i.name for i in self.session.inputs],
+                label,
+                config.input_name or DEFAULT_INPUT,
+            )
         if config.encoder_path is not None:
             self.encoder = ModelSession(
                 config.encoder_path, f"SSL encoder of {label}", intra_op_threads=intra_op_threads
@@ -84,7 +95,9 @@ class ServedModel:
                 if logits not in names:
                     raise ValueError(f"{label} has no logits output {logits!r}; it has {names}")
                 self.logits_index = names.index(logits)
-            if dynamic_batching and self.session.batchable:
+            if dynamic_batching and self.text is not None:
+                log.info("%s: text rows differ in length; dynamic batching is off for it", label)
+            elif dynamic_batching and self.session.batchable:
                 self.batcher = Batcher(self.session, max_batch_size, batch_timeout)
             elif dynamic_batching:
                 log.warning("%s: no dynamic batch axis; dynamic batching is off for it", label)
@@ -96,6 +109,8 @@ class ServedModel:
         source = self.session or self.encoder
         assert source is not None
         self.input_name = config.input_name or source.inputs[0].name
+        if self.text is not None:
+            self.input_name = self.text.input_name
         self.embedding_dim = config.embedding_dim
         if self.embedding_dim is None:
             emb_spec = (self.encoder or self.session).outputs  # type: ignore[union-attr]
@@ -120,7 +135,9 @@ class ServedModel:
             "name": self.name,
             "versions": [self.version],
             "platform": PLATFORM,
-            "inputs": [s.as_metadata() for s in self.session.inputs],
+            "inputs": self.text.metadata()
+            if self.text is not None
+            else [s.as_metadata() for s in self.session.inputs],
             "outputs": [s.as_metadata() for s in self.session.outputs],
             "parameters": params,
         }
@@ -128,8 +145,11 @@ class ServedModel:
     # ---- inference -----------------------------------------------------------------------
     def prepare(self, request: InferRequest) -> dict[str, NDArray[Any]]:
         assert self.session is not None
-        feeds = self.session.feeds(request.inputs)
-        if self.check_finite:
+        if self.text is not None:
+            feeds = self.text.feeds(request.inputs)
+        else:
+            feeds = self.session.feeds(request.inputs)
+        if self.check_finite and self.text is None:
             for name, arr in feeds.items():
                 if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                     raise OIPError(
@@ -160,7 +180,8 @@ class ServedModel:
             outputs = [(n, by_name[n], b) for n, b in request.outputs.items()]
         emb = None if self.embedding_index is None else results[self.embedding_index]
         logits = None if self.logits_index is None else results[self.logits_index]
-        return Inference(outputs, emb, logits, feeds[self.input_name])
+        inputs = feeds[self.input_name] if self.text is None else TextInput.digests(feeds)
+        return Inference(outputs, emb, logits, inputs)
 
     def close(self) -> None:
         if self.batcher is not None:

@@ -33,7 +33,8 @@ OUTPUT_PARAMETERS = ("binary_data",)
 _DEFAULT_RANK = 32
 _DEFAULT_ELEMENTS = 1 << 40
 
-# OIP datatype <-> numpy dtype (little-endian on the wire). BYTES and BF16 are not served.
+# OIP datatype <-> numpy dtype (little-endian on the wire). BYTES (strings) is read by
+# serving.text_io for text models; BF16 is not served.
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("?"),
     "UINT8": np.dtype("u1"),
@@ -235,6 +236,14 @@ def _parse_input(
     if not isinstance(name, str):
         raise OIPError(f"inputs[{i}] needs a string 'name'")
     datatype = spec.get("datatype")
+    if datatype == "BYTES":  # strings, for text models: parsed (and bounded) in text_io
+        from serving.text_io import parse_bytes
+
+        shape, _ = _shape(spec.get("shape"), name, limits)
+        params = spec.get("parameters")
+        if limits is not None and params is not None:
+            _known(params, INPUT_PARAMETERS, f"input {name!r}")
+        return parse_bytes(spec, name, shape, binary, offset)
     dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None or not isinstance(datatype, str):
         raise OIPError(

@@ -220,7 +220,7 @@ def test_unknown_model_and_version(client: TestClient) -> None:
     [
         ({"name": "pixels"}, "input 'pixels' is not an input of model 'tiny'; it takes 'input'"),
         ({"datatype": "FP64"}, "has datatype FP64, model 'tiny' expects FP32"),
-        ({"datatype": "BYTES"}, "datatype 'BYTES' is not supported"),
+        ({"datatype": "BYTES"}, "row 0: BYTES data must be strings"),
         ({"shape": [8]}, "has shape [8], model 'tiny' expects [-1, 4]"),
         ({"shape": [2, 3]}, "data has 8 elements but shape [2, 3] needs 6"),
         ({"data": None}, "neither 'data' nor parameters.binary_data_size"),
