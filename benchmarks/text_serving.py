@@ -173,7 +173,8 @@ def render(inproc: dict[str, dict[str, float]], runs: list[Any], args: Any, s: f
         batch, kind, conns, r = item
         body = "binary BYTES" if kind == "bin" else "JSON strings"
         lines.append(
-            f"| {batch} | {body} | {conns} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "
+            f"| {batch} | {body} | {conns} | {r.get('p50', float('nan')):.2f} | "
+            f"{r.get('p99', float('nan')):.2f} | {r['rps']:.0f} | "
             f"{r['rps'] * batch:.0f} | {r['non2xx']:.0f} |"
         )
     tok1 = inproc["tokenizer, batch 1"]["p50"]
