@@ -195,6 +195,9 @@ class ServingLimits(_Model):
 class ServingConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, gt=0, lt=65536)
+    grpc_port: int | None = Field(
+        None, gt=0, lt=65536, description="OIP gRPC port on the same host; unset = no gRPC"
+    )
     queue_size: int = Field(10000, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     nan_policy: Literal["reject", "pass"] = "reject"

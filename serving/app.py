@@ -83,7 +83,10 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         side.start()
         try:
-            yield
+            from serving.grpc_server import serving as grpc_serving  # with serving.grpc_port
+
+            async with grpc_serving(side):
+                yield
         finally:
             await asyncio.get_running_loop().run_in_executor(None, side.close)
             await side.aclose()

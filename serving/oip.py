@@ -13,6 +13,7 @@ and a message naming the problem, which the app returns as ``{"error": "..."}``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -97,8 +98,11 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+_json_loads: Callable[[Any], Any]
 try:  # optional: ~3x faster parsing of large JSON tensors; same results
-    from orjson import loads as _json_loads
+    from orjson import loads as _orjson_loads
+
+    _json_loads = _orjson_loads
 except ImportError:  # pragma: no cover - depends on the environment
     _json_loads = json.loads
 
