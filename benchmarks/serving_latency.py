@@ -10,6 +10,9 @@ built here with ``onnx.helper`` (random weights; speed does not depend on them).
 * the sidecar (``repwatch serve``, a subprocess on loopback) with the record stream on (to a
   real Tansu broker) and off, measured in alternating rounds with ``wrk``: binary OIP at one
   connection (latency percentiles) and at several connections (throughput), and JSON OIP;
+* OIP over gRPC (``serving.grpc_port``) beside binary REST on the same sidecar, both from a
+  Python client in this process (grpcio's stub, ``http.client``), alternating, one connection:
+  the gRPC rows of the overhead over ``session.run`` and the sidecar's CPU per request;
 * a soak at a steady request rate (``hey -q``) with the broker killed in the middle and
   restarted on the same port: failed requests, RSS over time, records sent/dropped.
 
@@ -40,7 +43,16 @@ from monitor import localstack  # noqa: E402
 from serving import kafka_clients  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_tools import Sidecar, bodies, build_cnn, cpu_seconds, raw_run, wrk  # noqa: E402
+from serving_tools import (  # noqa: E402
+    Sidecar,
+    bodies,
+    build_cnn,
+    cpu_seconds,
+    grpc_client,
+    http_client,
+    raw_run,
+    wrk,
+)
 
 DIGITS = ROOT / "serving" / "encoders" / "models" / "digits_classifier.onnx"
 OUT = ROOT / "benchmarks" / "results" / "serving.md"
@@ -52,11 +64,16 @@ def compare(
 ) -> dict[str, Any]:
     scripts = bodies(x, workdir, name)
     raw = raw_run(model, x, 3.0)
-    on = Sidecar(model, name, broker.address, workdir, kafka_client=args.kafka_client)
+    on = Sidecar(model, name, broker.address, workdir, kafka_client=args.kafka_client, grpc=True)
     off = Sidecar(model, name, None, workdir)
     url = "/v2/models/" + name + "/infer"
     runs: dict[str, list[dict[str, float]]] = {
-        k: [] for k in ("on_lat", "off_lat", "on_tp", "off_tp", "json_tp")
+        k: [] for k in ("on_lat", "off_lat", "on_tp", "off_tp", "json_tp", "py_rest", "py_grpc")
+    }
+    body = (workdir / f"{name}.bin").read_bytes()
+    clients = {
+        "py_rest": lambda: http_client(on.url + url, body, len(body) - x.nbytes, args.duration),
+        "py_grpc": lambda: grpc_client(f"127.0.0.1:{on.grpc_port}", name, x, args.duration),
     }
     try:
         for s in (on, off):  # warm-up (and the producer connects)
@@ -79,6 +96,13 @@ def compare(
                 wrk(on.url + url, scripts["json"], args.connections, args.duration)
             )
         json_lat = wrk(on.url + url, scripts["json"], 1, args.duration)
+        for r in range(args.rounds):  # REST and gRPC from the same kind of client, alternating
+            for tag in ("py_rest", "py_grpc") if r % 2 == 0 else ("py_grpc", "py_rest"):
+                before = on.cpu()
+                res = clients[tag]()
+                after = on.cpu()
+                res["cpu"] = sum(after[k] - before[k] for k in after) / res["n"] * 1e6
+                runs[tag].append(res)
         stream_metrics = on.metrics()
     finally:
         on.stop()
@@ -87,7 +111,7 @@ def compare(
     def med(key: str, field: str) -> float:
         return statistics.median(run[field] for run in runs[key])
 
-    total_non2xx = sum(run["non2xx"] for v in runs.values() for run in v)
+    total_non2xx = sum(run.get("non2xx", 0) for v in runs.values() for run in v)
     return {
         "name": name,
         "raw": raw,
@@ -104,6 +128,12 @@ def compare(
         "off_tp_p99": med("off_tp", "p99"),
         "json_tp": med("json_tp", "rps"),
         "json_p50": json_lat["p50"],
+        "py_rest_p50": med("py_rest", "p50"),
+        "py_grpc_p50": med("py_grpc", "p50"),
+        "py_rest_p99": med("py_rest", "p99"),
+        "py_grpc_p99": med("py_grpc", "p99"),
+        "py_rest_cpu": med("py_rest", "cpu"),
+        "py_grpc_cpu": med("py_grpc", "cpu"),
         "non2xx": total_non2xx,
         "runs": runs,
         "stream": stream_metrics,
@@ -278,6 +308,28 @@ def _render_compare(results: list[dict[str, Any]], args: Any) -> list[str]:
         )
     lines += [
         "",
+        "## OIP over gRPC beside binary REST (batch 1, one connection, stream on)",
+        "",
+        "The same sidecar serves both (`serving.grpc_port`); both are driven from a Python client "
+        "in the benchmark process (grpcio's blocking stub with raw input contents, and "
+        "`http.client` keep-alive with the binary extension), alternating rounds, so the two rows "
+        "pay the same kind of client cost; `wrk`'s REST p50 above is the C-client figure. CPU = "
+        "the sidecar process (all threads and the producer child) per request.",
+        "",
+        "| model | raw `session.run` p50 | REST binary p50 | gRPC p50 | gRPC overhead over "
+        "`session.run` p50 | gRPC / REST p50 | p99 REST / gRPC | sidecar CPU per request "
+        "REST / gRPC |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['name']} | {r['raw']['p50']:.3f} ms | {r['py_rest_p50']:.3f} ms | "
+            f"{r['py_grpc_p50']:.3f} ms | **{r['py_grpc_p50'] - r['raw']['p50']:.3f} ms** | "
+            f"{r['py_grpc_p50'] / r['py_rest_p50']:.2f} | {r['py_rest_p99']:.3f} / "
+            f"{r['py_grpc_p99']:.3f} ms | {r['py_rest_cpu']:.0f} / {r['py_grpc_cpu']:.0f} µs |"
+        )
+    lines += [
+        "",
         f"## Stream on vs off (binary, {args.connections} connections) and JSON",
         "",
         "| model | throughput on | throughput off | on/off | p99 on | p99 off | p99 on/off "
@@ -351,7 +403,7 @@ def _render_compare(results: list[dict[str, Any]], args: Any) -> list[str]:
         "",
     ]
     for r in results:
-        for key in ("on_lat", "off_lat", "on_tp", "off_tp", "json_tp"):
+        for key in ("on_lat", "off_lat", "on_tp", "off_tp", "json_tp", "py_rest", "py_grpc"):
             vals = ", ".join(
                 f"p50 {x['p50']:.3f} p99 {x['p99']:.3f} ms {x['rps']:.0f}/s" for x in r["runs"][key]
             )

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -171,6 +172,60 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, f
     return res
 
 
+def _timed(call: Any, seconds: float, warmup: int = 200) -> dict[str, float]:
+    for _ in range(warmup):
+        call()
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    arr = np.array(times) * 1e3
+    return {"p50": float(np.median(arr)), "p99": float(np.percentile(arr, 99)),
+            "rps": len(times) / seconds, "n": float(len(times))}
+
+
+def grpc_client(address: str, model: str, x: np.ndarray, seconds: float) -> dict[str, float]:
+    """One connection of back-to-back OIP gRPC ModelInfer calls (raw input contents), timed
+    per call from a Python client (grpcio's blocking stub)."""
+    import grpc
+
+    from serving.grpc import grpc_predict_v2_pb2 as pb
+    from serving.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    req = pb.ModelInferRequest(model_name=model)
+    req.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    req.raw_input_contents.append(x.tobytes())
+    with grpc.insecure_channel(address) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        return _timed(lambda: stub.ModelInfer(req, timeout=10), seconds)
+
+
+def http_client(url: str, body: bytes, header_length: int, seconds: float) -> dict[str, float]:
+    """The same for binary OIP over HTTP/1.1 keep-alive (``http.client``), for a like-for-like
+    comparison with :func:`grpc_client` (both pay a Python client's cost)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    headers = {"Content-Type": "application/octet-stream",
+               "Inference-Header-Content-Length": str(header_length)}
+
+    def call() -> None:
+        conn.request("POST", u.path, body, headers)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}")
+
+    try:
+        return _timed(call, seconds)
+    finally:
+        conn.close()
+
+
 def cpu_seconds(stat_path: str) -> float:
     fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -186,8 +241,10 @@ class Sidecar:
         workdir: Path,
         queue_size: int = 10000,
         kafka_client: str = "auto",
+        grpc: bool = False,
     ) -> None:
         self.port = localstack.free_port()
+        self.grpc_port = localstack.free_port() if grpc else None
         cfg = {
             "kafka": {"bootstrap_servers": [broker or "127.0.0.1:9"]},
             "models": [{"name": name, "path": str(model)}],
@@ -198,6 +255,7 @@ class Sidecar:
                 "stream_records": broker is not None,
                 "queue_size": queue_size,
                 "kafka_client": kafka_client,
+                "grpc_port": self.grpc_port,
             },
         }
         path = workdir / f"{name}-{self.port}.yaml"
