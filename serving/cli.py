@@ -19,6 +19,8 @@ def register(sub: Any) -> None:
     p.add_argument("--config", required=True, help="YAML configuration file")
     p.add_argument("--host", help="listen address (default: serving.host of the config)")
     p.add_argument("--port", type=int, help="HTTP port (default: serving.port of the config)")
+    p.add_argument("--grpc-port", type=int,
+                   help="OIP gRPC port (default: serving.grpc_port of the config; unset: no gRPC)")
     p.set_defaults(func=_serve)
 
 
@@ -30,6 +32,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                   ("grpc_port", args.grpc_port)) if v is not None}
+    if overrides:  # into the config, so REST and gRPC listen on the same host
+        config = config.model_copy(
+            update={"serving": config.serving.model_copy(update=overrides)}
+        )
     import uvicorn
 
     from serving.app import create_app
@@ -46,8 +54,8 @@ def _serve(args: argparse.Namespace) -> int:
     gc.freeze()
     uvicorn.run(
         app,
-        host=args.host or config.serving.host,
-        port=args.port or config.serving.port,
+        host=config.serving.host,
+        port=config.serving.port,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=int(config.serving.flush_timeout_seconds) + 1,

@@ -17,7 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_serve_runs_and_stops_on_sigterm(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    port = localstack.free_port()
+    import grpc
+
+    from serving.grpc import grpc_predict_v2_pb2 as pb
+    from serving.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    port, grpc_port = localstack.free_port(), localstack.free_port()
     cfg = tmp_path / "serve.yaml"
     cfg.write_text(
         json.dumps(
@@ -28,7 +33,8 @@ def test_serve_runs_and_stops_on_sigterm(tiny_models: dict[str, Path], tmp_path:
         )
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "monitor.cli", "serve", "--config", str(cfg)],
+        [sys.executable, "-m", "monitor.cli", "serve", "--config", str(cfg), "--grpc-port",
+         str(grpc_port)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -48,6 +54,9 @@ def test_serve_runs_and_stops_on_sigterm(tiny_models: dict[str, Path], tmp_path:
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert json.loads(resp.read())["model_name"] == "tiny"
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:  # --grpc-port
+            live = GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=10)
+            assert live.live
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
