@@ -270,3 +270,77 @@ def test_checked_in_stubs_are_what_the_script_generates(tmp_path: Path) -> None:
         generated = (tmp_path / "serving" / "grpc" / name).read_text()
         assert generated == (root / "serving" / "grpc" / name).read_text(), (
             f"serving/grpc/{name} differs from what scripts/gen-grpc.sh generates: rerun it")
+
+
+def _fuzz_requests() -> Any:
+    from hypothesis import strategies as st
+
+    dims = st.one_of(st.integers(-3, 6), st.sampled_from([2**31, 2**62, 10**12]))
+    datatypes = st.sampled_from(["FP32", "FP64", "FP16", "INT8", "INT32", "INT64", "UINT8",
+                                 "BOOL", "BYTES", "BF16", "", "fp32"])
+    contents = st.sampled_from(["fp32_contents", "fp64_contents", "int_contents",
+                                "int64_contents", "uint_contents", "bool_contents"])
+
+    @st.composite
+    def build(draw: Any) -> Any:
+        req = pb.ModelInferRequest(model_name=draw(st.sampled_from(["tiny", "nope", ""])),
+                                   model_version=draw(st.sampled_from(["", "3", "x"])))
+        raw = draw(st.booleans())
+        for i in range(draw(st.integers(0, 3))):
+            t = req.inputs.add(name=draw(st.sampled_from(["input", "other", ""])),
+                               datatype=draw(datatypes),
+                               shape=draw(st.lists(dims, max_size=10)))
+            if raw:
+                req.raw_input_contents.append(draw(st.binary(max_size=64)))
+            else:
+                field = draw(contents)
+                values = draw(st.lists(st.integers(-300, 300), max_size=40))
+                if field in ("fp32_contents", "fp64_contents"):
+                    getattr(t.contents, field).extend(float(v) for v in values)
+                elif field == "bool_contents":
+                    t.contents.bool_contents.extend(v > 0 for v in values)
+                elif field.startswith("uint"):
+                    getattr(t.contents, field).extend(abs(v) for v in values)
+                else:
+                    getattr(t.contents, field).extend(values)
+            if draw(st.booleans()):
+                key = draw(st.sampled_from(["timeout", "priority", "binary_data_size", "x"]))
+                codec.set_parameter(t.parameters if i else req.parameters, key,
+                                    draw(st.sampled_from([0, -5, 100, 1.5, "s", True])))
+        if draw(st.booleans()):
+            req.outputs.add(name=draw(st.sampled_from(["logits", "embedding", "nope", ""])))
+        return req
+
+    return build()
+
+
+def _fuzz(sidecar: Any, examples: int) -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    stub = _stub(sidecar.grpc)
+    valid = _request([2, 4], raw=[X.tobytes()])
+    client_errors = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                     grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED}
+
+    @settings(max_examples=examples, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(_fuzz_requests())
+    def check(req: Any) -> None:
+        try:
+            stub.ModelInfer(req, timeout=10)
+        except grpc.RpcError as exc:
+            assert exc.code() in client_errors, (exc.code(), exc.details(), req)
+        assert stub.ModelInfer(valid, timeout=10).outputs
+
+    check()
+
+
+def test_fuzzed_messages_get_client_errors_and_the_server_keeps_answering(sidecar: Any) -> None:
+    """Whatever a client sends, the answer is OK or a client-error code, never INTERNAL or
+    UNKNOWN, and a valid call right after it succeeds."""
+    _fuzz(sidecar, 80)
+
+
+@pytest.mark.slow
+def test_fuzzed_messages_many(sidecar: Any) -> None:
+    _fuzz(sidecar, 3000)
