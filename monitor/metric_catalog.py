@@ -39,6 +39,7 @@ Component = Literal["monitor", "serving", "both"]
 BOUNDED_LABELS = frozenset({
     "model", "model_version", "detector", "kind", "reason", "stage", "topic", "partition",
     "sink", "outcome", "type", "mode", "component", "version", "python_version",
+    "method", "code",  # the six OIP gRPC methods served; gRPC status code names
 })
 # Units that must be the name's suffix (before ``_total``); ``records`` must be a word of it.
 SUFFIX_UNITS = frozenset({"seconds", "bytes", "info"})
@@ -207,6 +208,14 @@ CATALOG: tuple[MetricSpec, ...] = (
     _g("repwatch_serving_records_in_flight",
        "Records handed to the Kafka producer and not yet acknowledged.", (), "serving",
        "serving", "records"),
+    _c("repwatch_serving_grpc_requests_total",
+       "OIP gRPC calls (serving.grpc_port), by method and gRPC status code.",
+       ("method", "code"), "serving", "serving"),
+    MetricSpec("repwatch_serving_grpc_request_duration_seconds", "histogram",
+               "Time from an OIP gRPC ModelInfer call received to its response ready, by model "
+               "and model version (REST requests are in "
+               "repwatch_serving_request_duration_seconds).",
+               MV, "seconds", "serving", "serving", LATENCY_BUCKETS),
 )
 
 _BY_NAME = {spec.name: spec for spec in CATALOG}

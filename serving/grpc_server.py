@@ -31,7 +31,6 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
-from prometheus_client import Counter, Histogram
 
 from serving.builder import InferenceItem
 from serving.core import Sidecar
@@ -39,7 +38,6 @@ from serving.grpc import codec
 from serving.grpc import grpc_predict_v2_pb2 as pb
 from serving.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving.limits import LimitError
-from serving.metrics import LATENCY_BUCKETS
 from serving.models import Inference, ServedModel
 from serving.oip import INPUT_PARAMETERS, OUTPUT_PARAMETERS, REQUEST_PARAMETERS, OIPError
 from serving.session import RunControl, is_client_error, release_memory
@@ -58,31 +56,15 @@ RELEASE_AFTER_BYTES = 1 << 20  # as on the REST path: give large batches' memory
 RECORD_METADATA = "x-repwatch-record-id"
 
 
-class GrpcMetrics:
-    def __init__(self, registry: Any) -> None:
-        self.requests = Counter(
-            "repwatch_serving_grpc_requests_total",
-            "OIP gRPC calls, by method and gRPC status code.",
-            ["method", "code"],
-            registry=registry,
-        )
-        self.seconds = Histogram(
-            "repwatch_serving_grpc_request_duration_seconds",
-            "Time from a ModelInfer call received to its response ready, per model.",
-            ["model", "model_version"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        for m in METHODS:
-            self.requests.labels(m, "OK")
-
-
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The OIP gRPC methods over a :class:`~serving.core.Sidecar`."""
 
     def __init__(self, side: Sidecar) -> None:
         self.side = side
-        self.metrics = GrpcMetrics(side.registry)
+        self.requests = side.metrics.grpc_requests
+        self.seconds = side.metrics.grpc_seconds
+        for m in METHODS:
+            self.requests.labels(m, "OK")
         self.request_timeout = side.config.serving.request_timeout_seconds
         self._client_key = side.client_header.lower()
 
@@ -140,7 +122,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                           inference, pseudonym), n)
             await context.send_initial_metadata(((RECORD_METADATA, record_id),))
         self._count("ModelInfer", "OK")
-        self.metrics.seconds.labels(model.name, model.version).observe(
+        self.seconds.labels(model.name, model.version).observe(
             time.perf_counter() - start)
         return response
 
@@ -232,7 +214,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         raise AssertionError("unreachable")
 
     def _count(self, method: str, code: str) -> None:
-        self.metrics.requests.labels(method, code).inc()
+        self.requests.labels(method, code).inc()
 
 
 @contextlib.asynccontextmanager

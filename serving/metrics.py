@@ -53,6 +53,8 @@ class ServingMetrics:
 
         for reason in REASONS:
             self.rejected.labels(reason)
+        self.grpc_requests = m("repwatch_serving_grpc_requests_total")
+        self.grpc_seconds = m("repwatch_serving_grpc_request_duration_seconds")
 
     def track_queue(self, depth: Callable[[], float], capacity: int) -> None:
         self.queue_depth.set_function(depth)
