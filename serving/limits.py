@@ -121,6 +121,14 @@ class Limits:
     # ---- declared tensor shapes --------------------------------------------------------------
     def shape(self, shape: Any, name: str) -> int:
         """Validate a declared shape before anything is allocated; returns its element count."""
+        if isinstance(shape, list) and any(type(d) is float and d >= 2**63 for d in shape):
+            # orjson (when installed) reads integers past 64 bits as floats: same answer as json
+            raise LimitError(
+                f"input {name!r}: shape {shape} is over serving.limits.max_elements "
+                f"({self.config.max_elements} elements per request)",
+                "elements",
+                413,
+            )
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise OIPError(f"input {name!r}: 'shape' must be a list of non-negative integers")
         rank = self.config.max_rank
