@@ -113,7 +113,7 @@ def to_infer_request(
         if not name:
             raise OIPError(f"inputs[{i}] needs a name")
         dtype = DATATYPES.get(t.datatype)
-        if dtype is None:
+        if dtype is None or dtype.kind == "O":  # BYTES (variable length) is REST-only
             raise OIPError(f"input {name!r}: datatype {t.datatype!r} is not supported; "
                            f"use one of {sorted(DATATYPES)}")
         _known(parameters(t.parameters), input_parameters, f"input {name!r}")
