@@ -65,6 +65,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.seconds = side.metrics.grpc_seconds
         for m in METHODS:
             self.requests.labels(m, "OK")
+        for model in side.models.values():  # present from the first scrape, so rate() sees calls
+            if not model.tap:
+                self.seconds.labels(model.name, model.version)
         self.request_timeout = side.config.serving.request_timeout_seconds
         self._client_key = side.client_header.lower()
 

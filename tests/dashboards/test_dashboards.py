@@ -111,13 +111,14 @@ class _Sidecar:
 
         from serving.encoders.models import DIGITS_CLASSIFIER
 
-        self.port = localstack.free_port()
+        self.port, self.grpc_port = localstack.free_port(), localstack.free_port()
         config = {
             "kafka": {"bootstrap_servers": [broker]},
             "topics": {"records": topic},
             "models": [{"name": "digits", "version": "1", "path": str(DIGITS_CLASSIFIER),
                         "embedding_output": "embedding", "logits_output": "logits"}],
-            "serving": {"host": "127.0.0.1", "port": self.port, "intra_op_threads": 1},
+            "serving": {"host": "127.0.0.1", "port": self.port, "intra_op_threads": 1,
+                        "grpc_port": self.grpc_port},
         }
         (work / "serve.yaml").write_text(yaml.safe_dump(config))
         self.log = open(work / "sidecar.log", "wb")
@@ -148,6 +149,26 @@ class _Sidecar:
             ok += self.post(json.dumps({"inputs": [{
                 "name": "input", "datatype": "FP32", "shape": list(rows.shape),
                 "data": rows.ravel().tolist()}]}).encode()) == 200
+        return ok
+
+    def grpc_infer(self, images: Any, batch: int = 20) -> int:
+        """The same over OIP gRPC (raw input contents); returns how many calls succeeded."""
+        import grpc
+        import numpy as np
+
+        from serving.grpc import grpc_predict_v2_pb2 as pb
+        from serving.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+        ok = 0
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            for i in range(0, len(images), batch):
+                rows = np.ascontiguousarray(images[i:i + batch], dtype=np.float32)
+                req = pb.ModelInferRequest(model_name="digits")
+                req.inputs.add(name="input", datatype="FP32", shape=list(rows.shape))
+                req.raw_input_contents.append(rows.tobytes())
+                stub.ModelInfer(req, timeout=10)
+                ok += 1
         return ok
 
     def stop(self) -> None:
@@ -207,7 +228,8 @@ def live_stack(kafka_broker: Any, tmp_path_factory: pytest.TempPathFactory) -> A
         clean, drifted = images
         assert sidecar.infer(clean) == len(clean) // 20
         _wait(lambda: worker.processed >= len(clean), 60, "the clean phase")
-        sidecar.infer(drifted)
+        sidecar.infer(drifted[: len(drifted) // 2])
+        assert sidecar.grpc_infer(drifted[len(drifted) // 2:]) > 0
         assert sidecar.post(b'{"inputs": "nope"}') == 400
         p = KafkaProducer(bootstrap_servers=kafka_broker.address)
         p.send(topic, key=b"digits", value=b"\x00not a record")
