@@ -12,7 +12,13 @@ registry (or a schema embedded per message) for no gain in size: the embedding b
 
 Decoding validates everything and raises :class:`RecordError` naming the field: a record is
 either exactly what the producer meant or rejected (the monitor sends it to the dead-letter
-topic with the error as the reason).
+topic with the error as the reason). Every field is bounded (:data:`LIMITS`): strings by length,
+tensors by ``MAX_DIM``, the timestamp to a plausible range inside int64, so one record can
+neither crash a worker nor blow up the state it is buffered in.
+
+One encoder serves both sides: :func:`pack_fields` builds and packs the map from plain values
+(the sidecar calls it per row with bytes it already holds), :func:`encode` wraps it for a
+:class:`Record`. A value it cannot encode raises :class:`RecordError` for that record only.
 
 This module imports only numpy and msgpack, so it works without Kafka installed.
 """
@@ -37,6 +43,13 @@ Kind = Literal["inference", "feedback", "reference"]
 _DTYPES: dict[str, np.dtype[Any]] = {"f4": np.dtype("<f4"), "f2": np.dtype("<f2")}
 _DTYPE_CODES = {np.dtype("float32"): "f4", np.dtype("float16"): "f2"}
 MAX_DIM = 65536
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: inside int64, and plausible
+MAX_STR = 1024  # characters of id, model_version, client_id and string labels/predictions
+MAX_MODEL = 255  # characters of the model name (a Kafka key and a metric label)
+MAX_FEATURES = 16  # named feature vectors per record
+LIMITS = {"ts": (0, MAX_TS_MS), "str": MAX_STR, "model": MAX_MODEL, "dim": MAX_DIM,
+          "features": MAX_FEATURES}
+WireTensor = tuple[str, int, bytes]  # (dtype code, dim, raw little-endian bytes)
 
 Prediction = int | float | str | list[int] | list[float] | None
 Label = int | float | str | None
@@ -67,13 +80,19 @@ class Record:
     client_id: str | None = None
     input_digest: bytes | None = None
     schema_version: int = SCHEMA_VERSION
+    features: dict[str, NDArray[np.floating[Any]]] | None = None  # e.g. {"penultimate": ...}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Record):
             return NotImplemented
         for f in dataclasses.fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
-            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            if isinstance(a, dict) and isinstance(b, dict):
+                if a.keys() != b.keys() or not all(
+                    x.dtype == b[k].dtype and np.array_equal(x, b[k]) for k, x in a.items()
+                ):
+                    return False
+            elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
                 if a is None or b is None or a.dtype != b.dtype or not np.array_equal(a, b):
                     return False
             elif a != b:
@@ -89,49 +108,123 @@ _new_record = object.__new__
 warnings.filterwarnings("ignore", "overflow encountered in dot", RuntimeWarning, __name__)
 
 
-def _tensor(name: str, arr: NDArray[Any]) -> dict[str, Any]:
+def _tensor(name: str, arr: NDArray[Any]) -> WireTensor:
     arr = np.asarray(arr)
     if arr.ndim != 1:
         raise RecordError(name, f"must be 1-D, got shape {arr.shape}")
     code = _DTYPE_CODES.get(arr.dtype)
     if code is None:
         raise RecordError(name, f"dtype must be float32 or float16, got {arr.dtype}")
+    if not 0 < arr.shape[0] <= MAX_DIM:
+        raise RecordError(name, f"must have 1..{MAX_DIM} values, got {arr.shape[0]}")
     if not np.isfinite(arr).all():
         raise RecordError(name, "contains NaN or inf")
-    return {"dtype": code, "dim": int(arr.shape[0]), "data": arr.astype(_DTYPES[code]).tobytes()}
+    return code, int(arr.shape[0]), arr.astype(_DTYPES[code]).tobytes()
+
+
+def _wire(t: WireTensor) -> dict[str, Any]:
+    return {"dtype": t[0], "dim": t[1], "data": t[2]}
+
+
+def _check_str(name: str, value: Any, limit: int = MAX_STR, *, empty: bool = True) -> None:
+    if type(value) is not str:
+        raise RecordError(name, f"must be str, got {type(value).__name__}")
+    if len(value) > limit:
+        raise RecordError(name, f"has {len(value)} characters, the limit is {limit}")
+    if not empty and not value:
+        raise RecordError(name, "must be a non-empty string")
+
+
+def check_timestamp(ts: Any, name: str = "ts") -> int:
+    """An event time in ms since the epoch, inside int64 and the plausible range."""
+    if type(ts) is not int:
+        raise RecordError(name, f"must be int, got {type(ts).__name__}")
+    if not 0 <= ts <= MAX_TS_MS:
+        raise RecordError(name, f"{ts} ms is outside 0..{MAX_TS_MS} (1970 to 9999)")
+    return ts
+
+
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
+def pack_fields(
+    *,
+    model: str,
+    model_version: str,
+    record_id: str,
+    ts: int,
+    kind: str,
+    embedding: WireTensor,
+    prediction: Prediction = None,
+    scores: WireTensor | None = None,
+    label: Label = None,
+    client_id: str | None = None,
+    input_digest: bytes | None = None,
+    features: dict[str, WireTensor] | None = None,
+    packer: msgpack.Packer | None = None,
+) -> bytes:
+    """Validate plain field values and pack one v1 record (the single encoder of the format)."""
+    if kind not in KINDS:
+        raise RecordError("kind", f"must be one of {KINDS}, got {kind!r}")
+    if label is not None and kind != "feedback":
+        raise RecordError("label", f"only feedback records carry a label, this is {kind!r}")
+    _check_str("model", model, MAX_MODEL, empty=False)
+    _check_str("model_version", model_version)
+    _check_str("id", record_id)
+    check_timestamp(ts)
+    m: dict[str, Any] = {
+        "v": SCHEMA_VERSION, "model": model, "model_version": model_version, "id": record_id,
+        "ts": ts, "kind": kind, "embedding": _wire(embedding),
+    }
+    if prediction is not None:
+        if isinstance(prediction, str):
+            _check_str("prediction", prediction)
+        elif isinstance(prediction, list) and len(prediction) > MAX_DIM:
+            raise RecordError("prediction", f"has {len(prediction)} values, limit {MAX_DIM}")
+        m["prediction"] = prediction
+    if scores is not None:
+        m["scores"] = _wire(scores)
+    if label is not None:
+        if isinstance(label, str):
+            _check_str("label", label)
+        m["label"] = label
+    if client_id is not None:
+        _check_str("client_id", client_id)
+        m["client_id"] = client_id
+    if input_digest is not None:
+        if len(input_digest) > 64:
+            raise RecordError("input_digest", f"has {len(input_digest)} bytes, the limit is 64")
+        m["input_digest"] = bytes(input_digest)
+    if features:
+        if len(features) > MAX_FEATURES:
+            raise RecordError("features", f"has {len(features)} entries, limit {MAX_FEATURES}")
+        for k in features:
+            _check_str("features", k, 64, empty=False)
+        m["features"] = {k: _wire(t) for k, t in features.items()}
+    try:
+        return (packer or _PACKER).pack(m)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise RecordError("prediction", f"cannot be encoded: {exc}") from None
 
 
 def encode(record: Record) -> bytes:
     """Encode a record to bytes (msgpack map). Validates what the producer controls."""
-    if record.kind not in KINDS:
-        raise RecordError("kind", f"must be one of {KINDS}, got {record.kind!r}")
-    if record.label is not None and record.kind != "feedback":
-        raise RecordError("label", f"only feedback records carry a label, this is {record.kind!r}")
-    if not record.model:
-        raise RecordError("model", "must be a non-empty string")
-    m: dict[str, Any] = {
-        "v": SCHEMA_VERSION,
-        "model": record.model,
-        "model_version": record.model_version,
-        "id": record.record_id,
-        "ts": int(record.timestamp_ms),
-        "kind": record.kind,
-        "embedding": _tensor("embedding", record.embedding),
-    }
-    if record.prediction is not None:
-        m["prediction"] = record.prediction
-    if record.scores is not None:
-        m["scores"] = _tensor("scores", record.scores)
-    if record.label is not None:
-        m["label"] = record.label
-    if record.client_id is not None:
-        m["client_id"] = record.client_id
-    if record.input_digest is not None:
-        m["input_digest"] = bytes(record.input_digest)
-    try:
-        return msgpack.packb(m, use_bin_type=True)
-    except (TypeError, ValueError) as exc:
-        raise RecordError("prediction", f"cannot be encoded: {exc}") from exc
+    return pack_fields(
+        model=record.model,
+        model_version=record.model_version,
+        record_id=record.record_id,
+        ts=record.timestamp_ms if type(record.timestamp_ms) is int else int(record.timestamp_ms),
+        kind=record.kind,
+        embedding=_tensor("embedding", record.embedding),
+        prediction=record.prediction,
+        scores=None if record.scores is None else _tensor("scores", record.scores),
+        label=record.label,
+        client_id=record.client_id,
+        input_digest=record.input_digest,
+        features=None if not record.features else {
+            k: _tensor(f"features.{k}", v) for k, v in record.features.items()
+        },
+    )
 
 
 def _require(m: dict[str, Any], key: str, types: type | tuple[type, ...]) -> Any:
@@ -186,33 +279,50 @@ def _decode_map(m: Any, *, check_finite: bool = True) -> Record:
         dtype = _DTYPES[emb["dtype"]]
         dim = emb["dim"]
         model, version, rid, ts, kind = m["model"], m["model_version"], m["id"], m["ts"], m["kind"]
+        sc = m.get("scores")
         ok = (
             m["v"] == SCHEMA_VERSION
             and type(model) is str
-            and model
+            and 0 < len(model) <= MAX_MODEL
             and type(version) is str
+            and len(version) <= MAX_STR
             and type(rid) is str
+            and len(rid) <= MAX_STR
             and type(ts) is int
+            and 0 <= ts <= MAX_TS_MS
             and kind == "inference"  # other kinds carry labels/rules: precise path
             and type(dim) is int
             and 0 < dim <= MAX_DIM
             and type(data) is bytes
             and len(data) == dim * dtype.itemsize
-            and "scores" not in m
             and "label" not in m
+            and "features" not in m
             and type(m.get("client_id", "")) is str
+            and len(m.get("client_id", "")) <= MAX_STR
             and type(m.get("input_digest", b"")) is bytes
-            and type(m.get("prediction", 0)) in (int, float, str, list)
+            and len(m.get("input_digest", b"")) <= 64
+            and type(m.get("prediction", 0)) in (int, float, list)
         )
+        if ok and sc is not None:
+            sdtype = _DTYPES[sc["dtype"]]
+            sdim, sdata = sc["dim"], sc["data"]
+            ok = (type(sdim) is int and 0 < sdim <= MAX_DIM and type(sdata) is bytes
+                  and len(sdata) == sdim * sdtype.itemsize)
+        pred = m.get("prediction")
+        if ok and type(pred) is list:
+            ok = len(pred) <= MAX_DIM
     except (KeyError, TypeError):
         ok = False
     if not ok:
         return _decode_map_checked(m, check_finite=check_finite)
     arr = np.frombuffer(data, dtype=dtype)
+    scores = None if sc is None else np.frombuffer(sdata, dtype=sdtype)
     # A dot product is ~4x cheaper than isfinite().all() and is non-finite whenever an element
     # is; only then (or on float overflow of huge values) is the exact check needed.
-    if check_finite and not math.isfinite(arr.dot(arr)) and not np.isfinite(arr).all():
-        raise RecordError("embedding", "contains NaN or inf")
+    if check_finite:
+        for name, a in (("embedding", arr), ("scores", scores)):
+            if a is not None and not math.isfinite(a.dot(a)) and not np.isfinite(a).all():
+                raise RecordError(name, "contains NaN or inf")
     # Frozen-dataclass __init__ costs a setattr per field; a decoded record is fully validated,
     # so fill its __dict__ directly (the hot path of the monitor: ~1 us saved per record).
     rec = _new_record(Record)
@@ -223,14 +333,36 @@ def _decode_map(m: Any, *, check_finite: bool = True) -> Record:
         embedding=arr,
         kind="inference",
         model_version=version,
-        prediction=m.get("prediction"),
-        scores=None,
+        prediction=pred,
+        scores=scores,
         label=None,
         client_id=m.get("client_id"),
         input_digest=m.get("input_digest"),
         schema_version=SCHEMA_VERSION,
+        features=None,
     )
     return rec
+
+
+def _opt_str(m: dict[str, Any], key: str) -> str | None:
+    value = m.get(key)
+    if value is not None:
+        _check_str(key, value)
+    return value
+
+
+def _decode_features(f: Any, check_finite: bool) -> dict[str, NDArray[Any]] | None:
+    if f is None or f == {}:
+        return None
+    if not isinstance(f, dict):
+        raise RecordError("features", f"must be a map of name to tensor, got {type(f).__name__}")
+    if len(f) > MAX_FEATURES:
+        raise RecordError("features", f"has {len(f)} entries, the limit is {MAX_FEATURES}")
+    out = {}
+    for k, t in f.items():
+        _check_str("features", k, 64, empty=False)
+        out[k] = _decode_tensor(f"features.{k}", t, check_finite)
+    return out
 
 
 def _decode_map_checked(m: Any, *, check_finite: bool = True) -> Record:
@@ -241,30 +373,41 @@ def _decode_map_checked(m: Any, *, check_finite: bool = True) -> Record:
         raise RecordError("v", f"schema version {version} is not supported (this reads 1)")
     kind = _require(m, "kind", str)
     if kind not in KINDS:
-        raise RecordError("kind", f"must be one of {KINDS}, got {kind!r}")
+        raise RecordError("kind", f"must be one of {KINDS}, got {kind[:64]!r}")
     label = m.get("label")
     if label is not None and not isinstance(label, int | float | str):
         raise RecordError("label", f"must be int, float or str, got {type(label).__name__}")
+    if isinstance(label, str):
+        _check_str("label", label)
     if kind == "feedback" and label is None:
         raise RecordError("label", "is missing (feedback records carry a label)")
-    client_id = m.get("client_id")
-    if client_id is not None and not isinstance(client_id, str):
-        raise RecordError("client_id", f"must be str, got {type(client_id).__name__}")
+    if label is not None and kind != "feedback":
+        raise RecordError("label", f"only feedback records carry a label, this is {kind!r}")
+    client_id = _opt_str(m, "client_id")
     digest = m.get("input_digest")
     if digest is not None and not isinstance(digest, bytes):
         raise RecordError("input_digest", f"must be bytes, got {type(digest).__name__}")
+    if digest is not None and len(digest) > 64:
+        raise RecordError("input_digest", f"has {len(digest)} bytes, the limit is 64")
     pred = m.get("prediction")
     if pred is not None and not isinstance(pred, int | float | str | list):
         raise RecordError("prediction", f"has unsupported type {type(pred).__name__}")
+    if isinstance(pred, str):
+        _check_str("prediction", pred)
+    if isinstance(pred, list) and len(pred) > MAX_DIM:
+        raise RecordError("prediction", f"has {len(pred)} values, the limit is {MAX_DIM}")
     scores = m.get("scores")
     model = _require(m, "model", str)
-    if not model:
-        raise RecordError("model", "must be a non-empty string")
+    _check_str("model", model, MAX_MODEL, empty=False)
+    model_version = _require(m, "model_version", str)
+    _check_str("model_version", model_version)
+    record_id = _require(m, "id", str)
+    _check_str("id", record_id)
     return Record(
         model=model,
-        model_version=_require(m, "model_version", str),
-        record_id=_require(m, "id", str),
-        timestamp_ms=_require(m, "ts", int),
+        model_version=model_version,
+        record_id=record_id,
+        timestamp_ms=check_timestamp(_require(m, "ts", int)),
         kind=kind,
         embedding=_decode_tensor("embedding", _require(m, "embedding", dict), check_finite),
         prediction=pred,
@@ -273,6 +416,7 @@ def _decode_map_checked(m: Any, *, check_finite: bool = True) -> Record:
         client_id=client_id,
         input_digest=digest,
         schema_version=version,
+        features=_decode_features(m.get("features"), check_finite),
     )
 
 
@@ -344,6 +488,10 @@ def _non_finite(records: Sequence[Record]) -> dict[int, str]:
         for j, a in arrays:
             if not np.isfinite(a).all():
                 bad.setdefault(j, field)
+    for j, r in enumerate(records):
+        for k, a in (r.features or {}).items():
+            if not np.isfinite(a).all():
+                bad.setdefault(j, f"features.{k}")
     return bad
 
 

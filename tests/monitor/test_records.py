@@ -32,7 +32,7 @@ def record_strategy(draw: st.DrawFn) -> R.Record:
         model=draw(text),
         model_version=draw(st.text(max_size=5)),
         record_id=draw(st.text(max_size=36)),
-        timestamp_ms=draw(st.integers(0, 2**62)),
+        timestamp_ms=draw(st.integers(0, R.MAX_TS_MS)),
         kind=kind,
         embedding=draw(hnp.arrays(dtype, dim, elements=elements)),
         prediction=draw(st.none() | st.integers(-(2**31), 2**31) | st.lists(finite, max_size=4)),
