@@ -21,6 +21,7 @@ Windows with fewer than ``min_records`` records are not emitted (counted in ``st
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -77,7 +78,8 @@ class WindowState:
     skipped: int = 0
 
     def get_state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
-        arrays = {"X": self.X, "ts": self.ts, "ids": np.array(self.ids, dtype=np.str_)}
+        data, offsets = pack_ids(self.ids)
+        arrays = {"X": self.X, "ts": self.ts, "ids_data": data, "ids_offsets": offsets}
         meta = {
             k: getattr(self, k)
             for k in ("seq0", "seen", "next_due", "next_start", "watermark", "late", "skipped")
@@ -86,12 +88,17 @@ class WindowState:
 
     @classmethod
     def from_state(cls, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> WindowState:
-        return cls(
-            X=arrays["X"],
-            ts=arrays["ts"].astype(np.int64),
-            ids=[str(i) for i in arrays["ids"].tolist()],
-            **meta,
-        )
+        if set(arrays) == {"X", "ts", "ids"}:  # checkpoints before variable-length ids
+            ids = [str(i) for i in arrays["ids"].tolist()]
+        elif set(arrays) == {"X", "ts", "ids_data", "ids_offsets"}:
+            ids = unpack_ids(arrays["ids_data"], arrays["ids_offsets"])
+        else:
+            raise ValueError(f"window state has arrays {sorted(arrays)}")
+        X, ts = arrays["X"], arrays["ts"].astype(np.int64)
+        if X.ndim != 2 or ts.shape != (X.shape[0],) or len(ids) != X.shape[0]:
+            raise ValueError(f"window state shapes disagree: X {X.shape}, ts {ts.shape}, "
+                             f"{len(ids)} ids")
+        return cls(X=X, ts=ts, ids=ids, **meta)
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -236,6 +243,29 @@ class Window:
             state.skipped += 1
             return False
         return True
+
+
+def pack_ids(ids: list[str]) -> tuple[NDArray[np.uint8], IntArray]:
+    """Variable-length ids as arrays: UTF-8 bytes end to end, and ``n + 1`` offsets into them.
+
+    A fixed-width ``np.str_`` array costs ``n * 4 * longest`` bytes: one long id would make every
+    buffered id that long in the checkpoint.
+    """
+    encoded = [i.encode("utf-8", "surrogatepass") for i in ids]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    if encoded:
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
+
+
+def unpack_ids(data: NDArray[Any], offsets: NDArray[Any]) -> list[str]:
+    raw = np.asarray(data, dtype=np.uint8).tobytes()
+    off = np.asarray(offsets, dtype=np.int64)
+    if off.ndim != 1 or off.size < 1 or off[0] != 0 or off[-1] != len(raw) or (
+            np.diff(off) < 0).any():
+        raise ValueError("window ids: offsets do not index the id bytes")
+    bounds = off.tolist()
+    return [raw[a:b].decode("utf-8", "surrogatepass") for a, b in itertools.pairwise(bounds)]
 
 
 def _append(state: WindowState, X: NDArray[Any], ids: list[str], ts: IntArray) -> None:
