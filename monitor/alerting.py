@@ -12,7 +12,14 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from monitor.alerts import Finding, encode_event, kafka_headers, to_cloudevent
+from monitor.alerts import (
+    Finding,
+    default_source,
+    encode_event,
+    instance_id,
+    kafka_headers,
+    to_cloudevent,
+)
 from monitor.config import Config, SecretRef, read_secret
 from monitor.sinks import AlertLedger, Webhook, WebhookDispatcher
 from monitor.telemetry import MonitorMetrics
@@ -32,6 +39,8 @@ def _secrets(refs: list[SecretRef]) -> list[bytes]:
 class Alerter:
     def __init__(self, cfg: Config, ledger: AlertLedger, metrics: MonitorMetrics) -> None:
         self.cfg, self.ledger, self.metrics = cfg, ledger, metrics
+        self.source = cfg.alerts.source or default_source(cfg.monitor.group_id)
+        self.instance = instance_id(cfg.monitor.checkpoint_dir)
         self.producer: _Sender | None = None
         self.webhooks: WebhookDispatcher | None = None
 
@@ -54,7 +63,7 @@ class Alerter:
     def emit(self, f: Finding) -> None:
         if not f.alert:
             return
-        event = to_cloudevent(f, self.cfg.alerts.source)
+        event = to_cloudevent(f, self.source, self.instance)
         key = event["id"]
         sinks = self.sinks()
         if not self.ledger.claim(key, event, sinks):

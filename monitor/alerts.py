@@ -2,11 +2,23 @@
 
 Pure functions, no I/O. A :class:`Finding` is what a pipeline decides (a drifted window, a window
 with too many OOD records, a sequential detection). :func:`dedupe_key` derives a deterministic
-key from model, model version, detector and window bounds, so the *same* window found again
-after a restart (replayed from the last committed offset) yields the *same* key, and the sinks
-refuse to deliver it twice. The key is also the CloudEvent ``id`` and the event ``time`` is the
-event time of the window's last record, so a replayed event is byte-for-byte the event that was
-sent (a consumer that de-duplicates on ``source`` + ``id``, as CloudEvents intends, is safe too).
+key from the deployment, model, model version, detector, the stage key (the client pseudonym of
+a client-keyed stage) and window bounds, so the *same* window found again after a restart
+(replayed from the last committed offset) yields the *same* key, and the sinks refuse to deliver
+it twice. The key is also the CloudEvent ``id`` and the event ``time`` is the event time of the
+window's last record, so a replayed event is byte-for-byte the event that was sent.
+
+Delivery is **at least once**: an event sent just before a crash whose acknowledgement was not
+recorded is sent again, identical. Consumers de-duplicate on ``source`` + ``id`` (CloudEvents'
+own uniqueness rule); that is the contract.
+
+``source`` is a URI naming the deployment (``alerts.source``; by default
+``repwatch://monitor/<consumer group>``) and the ``id`` is derived from it and from the
+deployment's instance id (a random id kept in the checkpoint directory, so it survives restarts
+and is shared by the workers of one deployment): two deployments, or two demo runs, never emit
+the same ``source`` + ``id``. On Kafka the event travels in *structured* mode: the value is the
+whole event and the only header is ``content-type`` (a ``ce_id`` header would make CloudEvents
+SDKs read the message as binary mode).
 
 Webhook deliveries are signed to the `Standard Webhooks`_ spec: ``webhook-id`` (the dedupe key,
 the same on every retry), ``webhook-timestamp`` (Unix seconds of the attempt) and
@@ -29,8 +41,11 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import threading
 import time
+import urllib.parse
+import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -68,15 +83,44 @@ class Finding:
     evidence: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # effect size, flagged fraction…
     alert: bool = True  # False: recorded in metrics only (detector configured alert: false)
+    key: str | None = None  # stage key: the client pseudonym of a client-keyed stage
 
 
-def dedupe_key(f: Finding) -> str:
-    """Deterministic id of a finding: same model/version/detector/window ⇒ same key."""
+def dedupe_key(f: Finding, namespace: str = "") -> str:
+    """Deterministic id of a finding: same deployment/model/version/detector/key/window ⇒ same
+    key. ``namespace`` names the deployment (source URI and instance id)."""
     w = f.window
     ident = [f.kind, f.model, f.model_version, f.detector, w["kind"], w["start"], w["end"]]
     if w.get("partition") is not None:
         ident.append(w["partition"])
+    if f.key is not None:
+        ident.append(["key", f.key])
+    if namespace:
+        ident.insert(0, namespace)
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:32]
+
+
+def default_source(group_id: str) -> str:
+    """The deployment's CloudEvent source URI, derived from the consumer group."""
+    return "repwatch://monitor/" + urllib.parse.quote(group_id, safe="")
+
+
+def instance_id(directory: os.PathLike[str] | str) -> str:
+    """A random id for this deployment, created once in its (shared) checkpoint directory."""
+    path = os.path.join(directory, "deployment-id")
+    os.makedirs(directory, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        with open(path) as f:
+            return f.read().strip()
+    value = uuid.uuid4().hex
+    try:
+        os.write(fd, value.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return value
 
 
 def _num(x: float | None) -> float | None:
@@ -91,13 +135,14 @@ def _iso(ms: int | None) -> str:
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def to_cloudevent(f: Finding, source: str) -> dict[str, Any]:
+def to_cloudevent(f: Finding, source: str, instance: str = "") -> dict[str, Any]:
     """The CloudEvents 1.0 structured-mode event for a finding."""
+    data_key = {} if f.key is None else {"key": f.key}
     return {
         "specversion": "1.0",
         "type": EVENT_TYPE_PREFIX + f.kind,
         "source": source,
-        "id": dedupe_key(f),
+        "id": dedupe_key(f, f"{source} {instance}".strip()),
         "time": _iso(f.window.get("last_ts_ms")),
         "subject": f.model,
         "datacontenttype": "application/json",
@@ -109,6 +154,7 @@ def to_cloudevent(f: Finding, source: str) -> dict[str, Any]:
             "threshold": _num(f.threshold),
             "p_value": _num(f.p_value),
             "window": f.window,
+            **data_key,
             "severity": f.severity,
             "evidence": {"record_ids": list(f.evidence)},
             "details": {k: _num(v) if isinstance(v, float) else v for k, v in f.details.items()},
@@ -321,5 +367,6 @@ def verify(
 
 
 def kafka_headers(event: dict[str, Any]) -> list[tuple[str, bytes]]:
-    """Headers of a structured-mode CloudEvent on Kafka (content type + id for consumers)."""
-    return [("content-type", CONTENT_TYPE.encode()), ("ce_id", str(event["id"]).encode())]
+    """Headers of a structured-mode CloudEvent on Kafka: the content type only (no ``ce_*``
+    header: CloudEvents SDKs take those as binary mode)."""
+    return [("content-type", CONTENT_TYPE.encode())]

@@ -142,11 +142,23 @@ def test_cloudevent_fields_and_deterministic_id() -> None:
     assert ev["data"]["details"]["effect_size"] is None  # NaN is not JSON
     json.loads(encode_event(ev))  # strict JSON
     # Same model/version/detector/window ⇒ same id, whatever the statistic; else different.
-    assert ev["id"] == dedupe_key(_finding(statistic=0.5, evidence=[]))
+    assert ev["id"] == dedupe_key(_finding(statistic=0.5, evidence=[]), "repwatch/monitor")
     others = [_finding(model_version="4"), _finding(detector="drift.ks"),
-              _finding(window={**f.window, "start": 401}), _finding(kind="ood")]
-    assert len({dedupe_key(o) for o in others} | {ev["id"]}) == 5
+              _finding(window={**f.window, "start": 401}), _finding(kind="ood"),
+              _finding(key="client-a"), _finding(key="client-b")]
+    ids = {dedupe_key(o, "repwatch/monitor") for o in others}
+    assert len(ids | {ev["id"]}) == 7
     assert encode_event(ev) == encode_event(to_cloudevent(f, "repwatch/monitor"))
+    # Another deployment (source URI or instance id) never emits the same id.
+    assert to_cloudevent(f, "repwatch://monitor/other")["id"] != ev["id"]
+    assert to_cloudevent(f, "repwatch/monitor", "run-2")["id"] != ev["id"]
+
+
+def test_kafka_alert_messages_are_structured_mode_without_ce_headers() -> None:
+    from monitor.alerts import kafka_headers
+
+    headers = dict(kafka_headers(to_cloudevent(_finding(), "repwatch://monitor/g")))
+    assert headers == {"content-type": b"application/cloudevents+json"}
 
 
 def test_deprecated_signature_is_hmac_sha256_of_the_body() -> None:
