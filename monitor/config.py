@@ -162,7 +162,10 @@ class WebhookConfig(_Model):
 class AlertsConfig(_Model):
     kafka: bool = True
     webhooks: list[WebhookConfig] = []
-    source: str = "repwatch/monitor"
+    source: str | None = Field(
+        None, description="CloudEvent source URI naming this deployment; default "
+        "repwatch://monitor/<monitor.group_id>"
+    )
 
 
 class ServingLimits(_Model):
@@ -248,6 +251,18 @@ class MonitorConfig(_Model):
         "Python unless the `crc32c` package is installed (then it is ~free)"
     )
     model_versions_kept: int = Field(3, gt=0, description="pipelines kept per model")
+    model_version_protect_records: int = Field(
+        50, gt=0, description="a version whose windows hold at least this many records is "
+        "evicted only when every other kept version's windows do too"
+    )
+    max_batch_retries: int = Field(
+        3, ge=0, description="a batch failing with an unexpected error is retried (from the "
+        "last checkpoint) this many times, then its records go to the DLQ"
+    )
+    dlq_max_message_bytes: int = Field(
+        1_000_000, gt=1024, description="larger dead-lettered records become a tombstone "
+        "(key, partition, offset, reason); keep below the producer's max_request_size"
+    )
     prefetch: bool = Field(
         False, description="poll and decode the next batch on a thread while detectors run"
     )

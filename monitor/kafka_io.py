@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 TP = tuple[str, int]
 
 
+class MessageTooLarge(ValueError):
+    """The client refused a message above its ``max_request_size`` (raised by ``send``)."""
+
+
 def client_kwargs(cfg: KafkaConfig) -> dict[str, Any]:
     """Connection settings shared by consumers and producers (secrets resolved here)."""
     kw: dict[str, Any] = {
@@ -54,6 +58,7 @@ class Batch:
     timestamps: list[int] = field(default_factory=list)
     decoded: Any = None  # records.DecodedBatch when decoded ahead (monitor.prefetch)
     decode_seconds: float = 0.0
+    generation: int = 0  # monitor.prefetch: batches fetched before a seek are stale
 
     def __len__(self) -> int:
         return len(self.values)
@@ -222,7 +227,12 @@ class Producer:
         headers: list[tuple[str, bytes]] | None = None,
         on_success: Callable[[], None] | None = None,
     ) -> None:
-        fut = self._p.send(topic, value=value, key=key, headers=headers or [])
+        from kafka.errors import MessageSizeTooLargeError
+
+        try:
+            fut = self._p.send(topic, value=value, key=key, headers=headers or [])
+        except MessageSizeTooLargeError as exc:
+            raise MessageTooLarge(str(exc)) from None
         if on_success is not None:
             fut.add_callback(lambda _meta: on_success())
         fut.add_errback(lambda exc: log.error("send to %s failed: %s", topic, exc))

@@ -147,6 +147,20 @@ CATALOG: tuple[MetricSpec, ...] = (
        "health", "seconds"),
     _c("repwatch_reference_replacements_total",
        "References replaced at run time by an admin call.", ("model",), "monitor", "health"),
+    # ---- monitor: resilience (bad input never stops a worker) --------------------------------
+    _c("repwatch_dlq_tombstones_total", "Dead-lettered records too large for the DLQ, sent as "
+       "a tombstone (key, partition, offset, reason).", (), "monitor", "resilience", "records"),
+    _c("repwatch_batch_failures_total", "Batches that failed with an unexpected error, by "
+       "outcome (retried from the last checkpoint, or dead_lettered after the last retry).",
+       ("outcome",), "monitor", "resilience"),
+    _c("repwatch_model_versions_created_total", "Pipelines created for a new model version.",
+       ("model",), "monitor", "resilience"),
+    _c("repwatch_model_versions_evicted_total", "Model-version pipelines evicted by the "
+       "live-version cap (version churn).", ("model",), "monitor", "resilience"),
+    _c("repwatch_checkpoints_rejected_total", "Checkpoints that failed validation and were set "
+       "aside (their model restarted from the committed offset).", (), "monitor", "resilience"),
+    _g("repwatch_checkpoint_bytes", "Size of the last checkpoint written for a model.",
+       ("model",), "monitor", "resilience", "bytes"),
     # ---- monitor: drift --------------------------------------------------------------------
     _g("repwatch_drift_statistic", "Last drift test statistic.", DET, "monitor", "drift"),
     _g("repwatch_drift_threshold",

@@ -334,6 +334,11 @@ class Pipeline:
             if stage is not None:
                 self.stages.append(stage)
 
+    def buffered(self) -> int:
+        """Records held by this version's fullest window (an empty version is cheap to drop)."""
+        return max((len(s.state) for s in self.stages if isinstance(s, _WindowedStage)),
+                   default=0)
+
     def process(self, X: NDArray[Any], ids: list[str], ts: NDArray[np.int64]) -> StepReport:
         if X.shape[1] != self.dim:
             raise ValueError(

@@ -13,6 +13,9 @@ thread in that order:
 
 Records fetched but not yet processed when the worker stops are dropped, not committed: the loop
 only commits offsets it has processed, so they are read again by the next owner.
+
+``seek`` (the loop rewinding partitions after a failed batch) is run by the fetcher before its
+next poll; batches fetched before it carry an older ``generation`` and are dropped by ``poll``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ class PrefetchingConsumer:
         self.on_assign, self.on_revoke, self.max_records = on_assign, on_revoke, max_records
         self._q: queue.Queue[tuple[str, Any, Future[Any] | None]] = queue.Queue(depth)
         self._commits: queue.Queue[dict[TP, int]] = queue.Queue()
+        self._seeks: queue.Queue[tuple[TP, int, int]] = queue.Queue()
+        self._gen = 0  # loop side: batches of an older generation were fetched before a seek
+        self._fetch_gen = 0
         self._stop = threading.Event()
         self._closing = False
         self._highwater: dict[TP, int] = {}
@@ -84,11 +90,30 @@ class PrefetchingConsumer:
             except Exception as exc:  # the checkpoint still guards the state
                 log.warning("commit of %s failed: %s", offsets, exc)
 
+    def _run_seeks(self) -> None:
+        seeks = []
+        while True:
+            try:
+                seeks.append(self._seeks.get_nowait())
+            except queue.Empty:
+                break
+        if not seeks:
+            return
+        for tp, offset, gen in seeks:
+            try:
+                self._c.seek(tp, offset)
+            except Exception as exc:  # partition no longer assigned: its next owner replays
+                log.warning("seek of %s to %d failed: %s", tp, offset, exc)
+            self._fetch_gen = max(self._fetch_gen, gen)
+
     def _fetch(self) -> None:
         try:
             while not self._stop.is_set():
                 self._run_commits()
+                self._run_seeks()
+                gen = self._fetch_gen
                 batch = self._c.poll(0.1, self.max_records)
+                batch.generation = gen
                 self._assignment = self._c.assignment()
                 self._highwater = self._c.highwaters()
                 if not len(batch):
@@ -113,6 +138,8 @@ class PrefetchingConsumer:
             except queue.Empty:
                 return Batch()
             if kind == "batch":
+                if payload.generation < self._gen:
+                    continue  # fetched before a seek: read again from the new position
                 return payload
             self._control(kind, payload, fut)
             if kind == "error":
@@ -131,6 +158,14 @@ class PrefetchingConsumer:
         """Run after the fetcher's current poll (the loop never blocks on the client)."""
         if offsets:
             self._commits.put(dict(offsets))
+
+    def seek(self, tp: TP, offset: int) -> None:
+        """Rewind a partition; batches already fetched are dropped, the next ones start there."""
+        self._gen += 1
+        self._seeks.put((tp, offset, self._gen))
+
+    def highwaters(self) -> dict[TP, int]:
+        return dict(self._highwater)
 
     def lag(self, positions: dict[TP, int]) -> dict[TP, int]:
         hw = self._highwater

@@ -12,7 +12,27 @@ Delivery guarantees
 * Alerts are claimed in the ledger (:mod:`monitor.sinks`) before they are sent, keyed by
   model/version/detector/window: a replayed window never notifies twice, and an alert claimed
   but not delivered when the worker died is re-sent on start.
+* Alerts are **at least once**: an alert sent to Kafka or a webhook just before a crash, whose
+  acknowledgement was not recorded, is sent again on restart with the same CloudEvent ``id``
+  (and ``source``). Consumers de-duplicate on ``source`` + ``id``: that is the contract.
 * SIGTERM/SIGINT finish the batch in hand, checkpoint, commit, leave the group and return.
+
+The worker never dies on data
+-----------------------------
+* A record that fails on its own (decode, dimension, unknown model) goes to the DLQ with the
+  reason (:mod:`monitor.dlq`; one too large for the DLQ becomes a tombstone).
+* A batch that raises anything else is *failed*: its positions do not advance, the state of its
+  partitions is reloaded from their checkpoints and the consumer rewinds them to the last
+  committed offset, so the batch is retried on the same state it first saw. After
+  ``monitor.max_batch_retries`` failures its records are dead-lettered (reason ``batch_failed``)
+  and the stream moves on.
+* Positions advance only after a batch has been processed, so ``close()`` commits only what the
+  saved state covers.
+* A model version gets a pipeline only with its first valid record; the cap on live versions
+  evicts the least recently valid version, sparing versions whose windows are filling
+  (``monitor.model_version_protect_records``) while another can go.
+* A checkpoint that fails validation, or whose offset lies past the partition's end, is set aside
+  and its model starts fresh from the committed offset.
 """
 
 from __future__ import annotations
@@ -36,6 +56,7 @@ from monitor import records as R
 from monitor.alerting import Alerter
 from monitor.checkpoint import CheckpointStore, ModelCheckpoint, ReferenceOverrides
 from monitor.config import Config, ModelConfig
+from monitor.dlq import DeadLetters
 from monitor.kafka_io import TP, Batch, Consumer, Producer
 from monitor.pipeline import Pipeline
 from monitor.prefetch import PrefetchingConsumer
@@ -44,7 +65,6 @@ from monitor.sinks import AlertLedger
 from monitor.telemetry import MonitorMetrics
 
 log = logging.getLogger(__name__)
-ERROR_HEADER = "repwatch-error"
 
 
 @dataclass
@@ -54,6 +74,7 @@ class ModelState:
     pipelines: OrderedDict[str, Pipeline] = field(default_factory=OrderedDict)
     ckpt_offset: int = -1  # records below this offset are already in the state
     dirty: bool = False
+    verified: bool = True  # False until a restored offset is checked against the partition end
 
 
 class Worker:
@@ -79,7 +100,11 @@ class Worker:
         self.models_cfg = {m.name: m for m in config.models}
         self.references = references or self._load_references()
         self.state: dict[TP, dict[str, ModelState]] = {}
-        self.positions: dict[TP, int] = {}
+        self.positions: dict[TP, int] = {}  # next offset to read, of processed records only
+        self._rewind_to: dict[TP, int] = {}  # where a failed batch is re-read from
+        self._attempts: dict[tuple[TP, int], int] = {}  # failed tries of a record's batch
+        self.dlq = DeadLetters(config.topics.dlq, config.monitor.dlq_max_message_bytes,
+                               self.metrics.dlq, self.metrics.dlq_tombstones)
         self.profile: dict[str, float] = {}
         self.processed = 0
         self._stop = threading.Event()
@@ -131,31 +156,37 @@ class Worker:
     # --- rebalance -----------------------------------------------------------------------------
     def _on_assign(self, tps: list[TP]) -> None:
         for tp in tps:
-            models: dict[str, ModelState] = {}
-            for ckpt in self.store.load_partition(*tp):
-                ms = self._restore(ckpt)
-                if ms is not None:
-                    models[ckpt.model] = ms
-            self.state[tp] = models
+            self.state[tp] = self._restore_partition(tp)
+            self._rewind_to.pop(tp, None)
         log.info("assigned %s (restored models: %s)", sorted(tps),
                  {tp[1]: sorted(self.state[tp]) for tp in tps})
+
+    def _restore_partition(self, tp: TP) -> dict[str, ModelState]:
+        models: dict[str, ModelState] = {}
+        rejected = self.store.rejected
+        for ckpt in self.store.load_partition(*tp):
+            ms = self._restore(ckpt)
+            if ms is not None:
+                models[ckpt.model] = ms
+        self.metrics.checkpoints_rejected.inc(self.store.rejected - rejected)
+        return models
 
     def _restore(self, ckpt: ModelCheckpoint) -> ModelState | None:
         mcfg = self.models_cfg.get(ckpt.model)
         if mcfg is None:
             log.warning("checkpoint of unconfigured model %r ignored", ckpt.model)
             return None
-        ms = ModelState(ckpt_offset=ckpt.offset)
-        for arrays, meta in ckpt.versions:
-            ref = self.references[ckpt.model]
-            pipe = Pipeline(mcfg, meta["version"], ref, ckpt.partition)
-            try:
+        ms = ModelState(ckpt_offset=ckpt.offset, verified=False)
+        ref = self.references[ckpt.model]
+        try:
+            for arrays, meta in ckpt.versions:
+                pipe = Pipeline(mcfg, str(meta["version"]), ref, ckpt.partition)
                 pipe.set_state(arrays, meta)
-            except (ValueError, KeyError) as exc:
-                log.warning("model %r version %r starts fresh: its checkpoint does not fit the "
-                            "configuration (%s)", ckpt.model, meta["version"], exc)
-                pipe = Pipeline(mcfg, meta["version"], ref, ckpt.partition)
-            ms.pipelines[meta["version"]] = pipe
+                ms.pipelines[pipe.version] = pipe
+        except Exception as exc:  # a checkpoint is input too: never crash start-up on it
+            self.store.set_aside(self.store.path(ckpt.topic, ckpt.partition, ckpt.model),
+                                 f"its state does not fit the configuration ({exc!r})")
+            return None
         return ms
 
     def _on_revoke(self, tps: list[TP]) -> dict[TP, int]:
@@ -166,6 +197,7 @@ class Worker:
         for tp in tps:
             self.state.pop(tp, None)
             self.positions.pop(tp, None)
+            self._rewind_to.pop(tp, None)
         if tps:
             log.info("revoked %s", sorted(tps))
         return offsets
@@ -211,6 +243,46 @@ class Worker:
         return time.perf_counter()
 
     def process(self, batch: Batch) -> None:
+        """Process one polled batch; a failure is retried, never raised (module docstring)."""
+        ends: dict[TP, int] = {}
+        for i in range(len(batch)):
+            tp = (batch.topics[i], batch.partitions[i])
+            self._rewind_to.setdefault(tp, batch.offsets[i])
+            ends[tp] = batch.offsets[i] + 1
+        try:
+            self._process(batch)
+        except Exception as exc:
+            self._failed(batch, ends, exc)
+            return
+        for tp, end in ends.items():
+            self.positions[tp] = max(self.positions.get(tp, 0), end)
+        if self._attempts:
+            self._attempts = {k: v for k, v in self._attempts.items()
+                              if k[1] >= self.positions.get(k[0], 0)}
+        self.processed += len(batch)
+
+    def _failed(self, batch: Batch, ends: dict[TP, int], exc: Exception) -> None:
+        """Roll the batch's partitions back to their checkpoints and re-read them."""
+        tries = 0
+        for i in range(len(batch)):
+            key = ((batch.topics[i], batch.partitions[i]), batch.offsets[i])
+            tries = max(tries, self._attempts.get(key, 0) + 1)
+            self._attempts[key] = self._attempts.get(key, 0) + 1
+        last = tries > self.cfg.monitor.max_batch_retries
+        self.metrics.batch_failures.labels("dead_lettered" if last else "retried").inc()
+        log.error("batch of %d records (%s) failed on try %d: %r; %s", len(batch),
+                  ", ".join(f"{t}/{p} to {e - 1}" for (t, p), e in sorted(ends.items())), tries,
+                  exc, "its records go to the DLQ next" if last else "retrying from the "
+                  "last checkpoint", exc_info=exc)
+        for tp in ends:
+            self.state[tp] = self._restore_partition(tp)
+            start = self._rewind_to[tp]
+            self.positions[tp] = start
+            seek = getattr(self.consumer, "seek", None)
+            if callable(seek):
+                seek(tp, start)
+
+    def _process(self, batch: Batch) -> None:
         t = time.perf_counter()
         if batch.decoded is not None:  # decoded ahead on the fetcher thread
             decoded = batch.decoded
@@ -222,17 +294,38 @@ class Worker:
             self._dead_letter(batch, i, "decode", str(err))
         bad = {i for i, _ in decoded.errors}
         ok = [i for i in range(len(batch)) if i not in bad]
+        if self._attempts:  # records of a batch that failed every retry: dead-letter them
+            limit = self.cfg.monitor.max_batch_retries
+            give_up = {i for i in ok if self._attempts.get(
+                ((batch.topics[i], batch.partitions[i]), batch.offsets[i]), 0) > limit}
+            for i in sorted(give_up):
+                self._dead_letter(batch, i, "batch_failed",
+                                  f"its batch failed {limit + 1} times; see the worker log")
+        else:
+            give_up = set()
         groups: dict[tuple[TP, str], list[int]] = {}
         for j, i in enumerate(ok):
+            if i in give_up:
+                continue
             tp = (batch.topics[i], batch.partitions[i])
             groups.setdefault((tp, decoded.records[j].model), []).append(j)
-        for i in range(len(batch)):
-            tp = (batch.topics[i], batch.partitions[i])
-            self.positions[tp] = max(self.positions.get(tp, 0), batch.offsets[i] + 1)
         t = self._time("route", t)
         for (tp, model), js in groups.items():
             self._process_model(tp, model, [(ok[j], decoded.records[j]) for j in js], batch)
-        self.processed += len(batch)
+
+    def _check_restored(self, tp: TP, model: str, ms: ModelState) -> ModelState:
+        """A restored offset past the partition's end is forged or from another topic."""
+        ms.verified = True
+        hw = self.consumer.highwaters().get(tp) if self.consumer is not None and hasattr(
+            self.consumer, "highwaters") else None
+        if hw is None or ms.ckpt_offset <= hw:
+            return ms
+        self.store.set_aside(self.store.path(tp[0], tp[1], model),
+                             f"its offset {ms.ckpt_offset} is past the end of partition "
+                             f"{tp[0]}/{tp[1]} ({hw})")
+        self.metrics.checkpoints_rejected.inc()
+        fresh = self.state[tp][model] = ModelState()
+        return fresh
 
     def _process_model(self, tp: TP, model: str, items: list[tuple[int, R.Record]],
                        batch: Batch) -> None:
@@ -242,7 +335,7 @@ class Worker:
             if self.cfg.monitor.unknown_models == "dlq":
                 for i, _ in items:
                     self._dead_letter(batch, i, "unknown_model",
-                                      f"model {model!r} is not configured in this monitor")
+                                      f"model {model[:255]!r} is not configured in this monitor")
             return
         models = self.state.setdefault(tp, {})
         ms = models.get(model)
@@ -253,44 +346,62 @@ class Worker:
                             "by model name, otherwise each partition holds its own windows",
                             model, others, tp[1])
             ms = models[model] = ModelState()
+        elif not ms.verified:
+            ms = self._check_restored(tp, model, ms)
         if ms.ckpt_offset >= 0:
             fresh = [(i, r) for i, r in items if batch.offsets[i] >= ms.ckpt_offset]
             if len(fresh) < len(items):
                 self.metrics.skipped_replay.inc(len(items) - len(fresh))
             items = fresh
+        dim = self.references[model].dim
         by_version: dict[tuple[str, str], list[tuple[int, R.Record]]] = {}
         for i, r in items:
+            if r.embedding.shape[0] != dim:
+                self._dead_letter(batch, i, "dimension",
+                                  f"embedding has {r.embedding.shape[0]} dims, model "
+                                  f"{model!r} version {r.model_version[:64]!r} expects {dim}")
+                continue
             by_version.setdefault((r.model_version, r.kind), []).append((i, r))
         for (version, kind), its in by_version.items():
             if kind != "inference":
                 # feedback feeds poisoning checks; reference records feed `reference fit`
                 self.metrics.records.labels(model, version, kind).inc(len(its))
                 continue
-            pipe = self._pipeline(ms, mcfg, version, tp[1])
-            keep = [(i, r) for i, r in its if r.embedding.shape[0] == pipe.dim]
-            for i, r in its:
-                if r.embedding.shape[0] != pipe.dim:
-                    self._dead_letter(batch, i, "dimension",
-                                      f"embedding has {r.embedding.shape[0]} dims, model "
-                                      f"{model!r} version {version!r} expects {pipe.dim}")
-            if not keep:
-                continue
-            self.metrics.records.labels(model, version, kind).inc(len(keep))
-            self._run_pipeline(pipe, [r for _, r in keep])
+            pipe = self._pipeline(ms, mcfg, version, tp[1])  # only now: a valid record came
+            self.metrics.records.labels(model, version, kind).inc(len(its))
+            self._run_pipeline(pipe, [r for _, r in its])
             ms.dirty = True
 
     def _pipeline(self, ms: ModelState, mcfg: ModelConfig, version: str,
                   partition: int) -> Pipeline:
         pipe = ms.pipelines.get(version)
-        if pipe is None:
-            log.info("model %r version %r: new pipeline (fresh windows and detector state)",
-                     mcfg.name, version)
-            pipe = ms.pipelines[version] = Pipeline(mcfg, version, self.references[mcfg.name],
-                                                    partition)
-            while len(ms.pipelines) > self.cfg.monitor.model_versions_kept:
-                old, _ = ms.pipelines.popitem(last=False)
-                self.metrics.forget_version(mcfg.name, old, detector_ids(mcfg.detectors))
+        if pipe is not None:
+            ms.pipelines.move_to_end(version)  # most recently valid last
+            return pipe
+        log.info("model %r version %r: new pipeline (fresh windows and detector state)",
+                 mcfg.name, version[:64])
+        pipe = ms.pipelines[version] = Pipeline(mcfg, version, self.references[mcfg.name],
+                                                partition)
+        self.metrics.versions_created.labels(mcfg.name).inc()
+        while len(ms.pipelines) > self.cfg.monitor.model_versions_kept:
+            old = self._eviction_victim(ms, version)
+            del ms.pipelines[old]
+            self.metrics.versions_evicted.labels(mcfg.name).inc()
+            self.metrics.forget_version(mcfg.name, old, detector_ids(mcfg.detectors))
+            log.warning("model %r: version %r evicted (more than %d live versions)", mcfg.name,
+                        old[:64], self.cfg.monitor.model_versions_kept)
         return pipe
+
+    def _eviction_victim(self, ms: ModelState, keep: str) -> str:
+        """Least recently valid version, sparing those whose windows are filling."""
+        protect = self.cfg.monitor.model_version_protect_records
+        candidates = [v for v in ms.pipelines if v != keep]
+        for v in candidates:  # oldest first
+            if ms.pipelines[v].buffered() < protect:
+                return v
+        log.warning("every kept version of model %r has a filling window: evicting the least "
+                    "recently valid one, %r", ms.pipelines[keep].model, candidates[0][:64])
+        return candidates[0]
 
     def _run_pipeline(self, pipe: Pipeline, recs: list[R.Record]) -> None:
         t = time.perf_counter()
@@ -309,14 +420,7 @@ class Worker:
     # --- outputs -------------------------------------------------------------------------------
     def _dead_letter(self, batch: Batch, i: int, reason: str, message: str) -> None:
         assert self.producer is not None
-        self.metrics.dlq.labels(reason).inc()
-        headers = [
-            (ERROR_HEADER, message.encode()),
-            ("repwatch-error-reason", reason.encode()),
-            ("repwatch-source",
-             f"{batch.topics[i]}/{batch.partitions[i]}/{batch.offsets[i]}".encode()),
-        ]
-        self.producer.send(self.cfg.topics.dlq, batch.values[i], batch.keys[i], headers)
+        self.dlq.send(self.producer, batch, i, reason, message)
 
     # --- checkpoint and commit -----------------------------------------------------------------
     def checkpoint_and_commit(self, tps: list[TP] | None = None) -> None:
@@ -325,7 +429,9 @@ class Worker:
         tps = list(self.state) if tps is None else tps
         self.checkpoint(tps)
         t = time.perf_counter()
-        self.consumer.commit({tp: self.positions[tp] for tp in tps if tp in self.positions})
+        offsets = {tp: self.positions[tp] for tp in tps if tp in self.positions}
+        self.consumer.commit(offsets)
+        self._rewind_to.update(offsets)
         self._time("commit", t)
         self._last_ckpt = time.monotonic()
 
@@ -344,6 +450,7 @@ class Worker:
                     continue
                 versions = [p.get_state() for p in ms.pipelines.values()]
                 self.store.save(ModelCheckpoint(model, tp[0], tp[1], offset, versions))
+                self.metrics.checkpoint_bytes.labels(model).set(self.store.last_bytes)
                 ms.ckpt_offset, ms.dirty = offset, False
                 wrote += 1
         self.metrics.last_checkpoint = time.time()

@@ -3,6 +3,7 @@ record it had, each record enters detector state once, and the alert is not sent
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -135,6 +136,10 @@ def test_sigkill_mid_window_then_restart_loses_nothing_and_alerts_once(
     assert len(webhook_receiver.requests) == 1
     # Exactly once in detector state: 1200 records, although 1000..1199 were read three times.
     assert seq() == 1200
-    on_topic = mon.read(mon.alerts_topic, 1)
-    assert {m.value for m in on_topic} and all(b'"id":"' + alert["id"].encode() in m.value
-                                               for m in on_topic)
+    # Delivery is at least once: run 2 may have been killed between the Kafka send and its
+    # acknowledgement, and run 3 then re-sends it. Read everything on the topic (not just the
+    # first message) and de-duplicate by source + id, as the documented contract asks.
+    on_topic = mon.read(mon.alerts_topic, 100, timeout=5)
+    events = [json.loads(m.value) for m in on_topic]
+    assert events and {(e["source"], e["id"]) for e in events} == {(alert["source"], alert["id"])}
+    assert len({m.value for m in on_topic}) == 1  # a re-sent alert is byte-for-byte the same

@@ -34,9 +34,13 @@ class FakeProducer:
 class FakeConsumer:
     def __init__(self) -> None:
         self.commits: list[dict[tuple[str, int], int]] = []
+        self.seeks: list[tuple[tuple[str, int], int]] = []
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         self.commits.append(dict(offsets))
+
+    def seek(self, tp: tuple[str, int], offset: int) -> None:
+        self.seeks.append((tp, offset))
 
 
 @pytest.fixture
