@@ -40,9 +40,16 @@ class Alerter:
     def __init__(self, cfg: Config, ledger: AlertLedger, metrics: MonitorMetrics) -> None:
         self.cfg, self.ledger, self.metrics = cfg, ledger, metrics
         self.source = cfg.alerts.source or default_source(cfg.monitor.group_id)
-        self.instance = instance_id(cfg.monitor.checkpoint_dir)
+        self._instance: str | None = None
         self.producer: _Sender | None = None
         self.webhooks: WebhookDispatcher | None = None
+
+    @property
+    def instance(self) -> str:
+        """This deployment's instance id (created in the checkpoint directory on first use)."""
+        if self._instance is None:
+            self._instance = instance_id(self.cfg.monitor.checkpoint_dir)
+        return self._instance
 
     def start(self, producer: _Sender) -> None:
         self.producer = producer
