@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -104,6 +105,8 @@ class Detector:
     """
 
     name: ClassVar[str] = "detector"
+    #: what ``fit`` and ``predict`` read: one of :data:`INPUT_KINDS`
+    input_kind: ClassVar[str] = "embeddings"
 
     # --- parameters -------------------------------------------------------------------------
     @classmethod
@@ -239,3 +242,67 @@ def load_state(arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> Detecto
 def load(path: str | Path) -> Detector:
     """Load a detector saved with :meth:`Detector.save`."""
     return load_state(*read_state(path))
+
+
+# --- typed contracts: the monitor dispatches on these classes, never on attribute probing ------
+#: What a detector's ``fit``/``predict`` read. ``embeddings``: 2-D float rows from the SSL
+#: encoder; ``logits``: 2-D float rows of a classifier's logits/scores; ``labels``: class ids
+#: (predictions or ground-truth labels).
+INPUT_KINDS = ("embeddings", "logits", "labels")
+
+
+class RecordDetector(Detector):
+    """Per-record detectors (OOD, adversarial): ``predict(X)`` returns a frozen result with
+    ``scores`` (shape ``(n,)``, higher is more anomalous), ``flags`` (bool, ``(n,)``),
+    ``threshold`` and, where calibrated, ``fpr``."""
+
+
+class StreamingDetector(Detector):
+    """River-style online detectors: fed records in order, one or many at a time.
+
+    ``update(x)`` / ``update_batch(X)`` return a result with ``is_drift``; ``drift_detected``
+    says whether the last update detected a change; ``reset()`` restarts from the fitted state
+    (raise ``NotImplementedError`` if it cannot: the runtime then restarts from a clone);
+    ``clone()`` is an independent copy with the same state (state round-trip by default).
+    """
+
+    def update(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def update_batch(self, X: Any) -> Any:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def drift_detected(self) -> bool:
+        raise NotImplementedError
+
+    def clone(self) -> Self:
+        return type(self).from_state(*self.get_state())
+
+
+@dataclass(frozen=True)
+class KeyedScores:
+    """Scores and flags of one key's records, in the order they were given."""
+
+    scores: NDArray[np.float64]
+    flags: NDArray[np.bool_]
+
+
+class KeyedDetector(Detector):
+    """Detectors with state per key (a client pseudonym), e.g. query-attack detection.
+
+    The detector is fitted once (shared, not mutated by scoring); what it learns about each key
+    lives in a fixed-layout record that the monitor stores, bounds, evicts and checkpoints:
+    ``key_fields()`` declares it (``{"name": (dtype, shape)}``, or ``(dtype, shape, default)``),
+    and ``update_key(state, X, ts)`` reads and writes ``state[name]`` for the records ``X`` of
+    one key (in stream order, event times ``ts``) and returns their :class:`KeyedScores`.
+    """
+
+    def key_fields(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def update_key(self, state: Any, X: NDArray[Any], ts: NDArray[np.int64]) -> KeyedScores:
+        raise NotImplementedError

@@ -94,14 +94,23 @@ def _load(path: str) -> Any:
 
 def _monitor(args: argparse.Namespace) -> int:
     from monitor.admin import AdminServer
-    from monitor.config import read_secret
+    from monitor.config import ConfigPathError, read_secret, secret_problems
     from monitor.metrics import serve_metrics
     from monitor.runtime import Worker
 
     config = _load(args.config)
     if config is None:
         return 2
-    worker = Worker(config)
+    problems = secret_problems(config)
+    if problems:
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    try:
+        worker = Worker(config)
+    except ConfigPathError as exc:
+        print(f"error: {exc.path}: {exc.problem}", file=sys.stderr)
+        return 2
     mc = config.monitor
     server = serve_metrics(worker.registry, mc.metrics_host, mc.metrics_port)
     log.info("metrics on http://%s:%d/metrics", mc.metrics_host, server.port)
@@ -143,7 +152,7 @@ def _fit(args: argparse.Namespace) -> int:
 def _fit_reference(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from monitor.reference import fit_reference, read_array, save_reference
+    from monitor.reference import fit_reference, read_inputs, save_reference
 
     config = _load(args.config)
     if config is None:
@@ -153,8 +162,10 @@ def _fit_reference(args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
+    inputs: dict[str, Any] = {}
     if args.array:
-        X = read_array(Path(args.array))
+        inputs = read_inputs(Path(args.array))
+        X = inputs["embedding"]
         source = f"array:{args.array}"
     else:
         from monitor import records as R
@@ -176,9 +187,16 @@ def _fit_reference(args: argparse.Namespace) -> int:
                   f"{config.topics.records}", file=sys.stderr)
             return 1
         X = R.stack_embeddings(recs).astype(np.float64)
+        if recs and all(r.scores is not None for r in recs) and len(
+                {r.scores.shape for r in recs if r.scores is not None}) == 1:
+            inputs["logits"] = np.stack([r.scores for r in recs if r.scores is not None])
         source = (f"topic:{config.topics.records} start={args.start or args.start_offset} "
                   f"end={args.end or args.end_offset} records={len(recs)}")
-    ref = fit_reference(mcfg, X, source)
+    try:
+        ref = fit_reference(mcfg, X, source, inputs)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = save_reference(ref, Path(args.out))
     print(json.dumps({"model": args.model, "reference": str(out), "rows": ref.rows,
                       "dim": ref.dim, "detectors": list(ref.detectors)}))

@@ -101,6 +101,21 @@ class WindowConfig(_Model):
         None, gt=0, description="count windows: test the latest `size` records every N seconds "
         "of event time instead of every `step` records"
     )
+    idle_close_seconds: float | None = Field(
+        None, gt=0, description="time windows: close the open window after this many "
+        "wall-clock seconds without a record (default: the window size)"
+    )
+    max_records: int = Field(
+        100_000, gt=0, description="records a window may hold; a count window larger than "
+        "this is refused, a time window drops (and counts) records past it"
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> WindowConfig:
+        if self.kind == "count" and self.size > self.max_records:
+            raise ValueError(f"a count window of {self.size} records is over max_records="
+                             f"{self.max_records}; lower size or raise max_records")
+        return self
 
 
 class DetectorConfig(_Model):
@@ -115,6 +130,22 @@ class DetectorConfig(_Model):
         0.05, ge=0, le=1, description="per-record detectors (OOD…): alert on a window whose "
         "flagged fraction reaches this"
     )
+    records: Literal["inference", "feedback"] = Field(
+        "inference", description="record kind the stage consumes (feedback: labelled records)"
+    )
+    input: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.\-]+$", description="what the detector reads: embedding, "
+        "logits, prediction, label or a named feature vector; default: the detector's own "
+        "input kind (embeddings -> embedding, logits -> logits, labels -> prediction/label)"
+    )
+    key: Literal["none", "client"] = Field(
+        "none", description="client: per-client state (keyed store), alerts per client"
+    )
+    max_keys: int = Field(100_000, gt=0, description="key: client — clients kept at most")
+    max_key_memory_bytes: int | None = Field(
+        None, gt=0, description="key: client — memory bound of the per-client state")
+    key_idle_seconds: float | None = Field(
+        3600.0, gt=0, description="key: client — evict a client idle this long (event time)")
 
 
 class ModelConfig(_Model):
@@ -297,6 +328,15 @@ class ConfigError(ValueError):
     """The configuration file or an override is invalid; the message says where."""
 
 
+class ConfigPathError(ValueError):
+    """A configuration value is unusable at run time (missing secret, unreadable reference…);
+    ``path`` is the field (``models[0].reference``), printed as ``error: <path>: <problem>``."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}")
+
+
 def _set_path(tree: dict[str, Any], path: list[str], value: Any, var: str) -> None:
     node: Any = tree
     for i, key in enumerate(path):
@@ -369,6 +409,29 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         return Config.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+
+
+def secret_problems(config: Config) -> list[str]:
+    """Resolve every secret reference; one ``<field path>: <problem>`` line per failure."""
+    refs: list[tuple[str, SecretRef | None]] = [
+        ("kafka.sasl_password", config.kafka.sasl_password),
+        ("monitor.admin_token", config.monitor.admin_token),
+        ("serving.client_id_key", getattr(config.serving, "client_id_key", None)),
+    ]
+    for i, hook in enumerate(config.alerts.webhooks):
+        for name, value in vars(hook).items():
+            if isinstance(value, SecretRef):
+                refs.append((f"alerts.webhooks[{i}].{name}", value))
+            elif isinstance(value, list | tuple):
+                refs += [(f"alerts.webhooks[{i}].{name}[{j}]", v)
+                         for j, v in enumerate(value) if isinstance(v, SecretRef)]
+    out = []
+    for path, ref in refs:
+        try:
+            read_secret(ref)
+        except ValueError as exc:
+            out.append(f"{path}: {exc}")
+    return out
 
 
 def dump_config(config: Config) -> str:

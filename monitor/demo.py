@@ -20,9 +20,11 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported by the handlers: `repwatch --help` stays fast
+    import numpy as np
+
 
 SECRET = b"demo-webhook-secret"
 # The shipped alert rules (dashboards/rules/) when run from a checkout; a minimal rule otherwise.
@@ -60,6 +62,8 @@ def _embeddings(
 
     With the bundled models, the phases are *images*: the sidecar computes their embeddings.
     """
+    import numpy as np
+
     rng = np.random.default_rng(0)
     if not synthetic:
         try:
@@ -96,6 +100,7 @@ def _promql(url: str, query: str) -> list[dict[str, Any]]:
 
 
 def _produce(broker: str, topic: str, X: np.ndarray, start: int) -> None:
+
     from kafka import KafkaProducer
 
     from monitor import records as R
@@ -177,6 +182,7 @@ def _wait(cond: Any, timeout: float) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
     from kafka import KafkaConsumer
 
     from monitor import localstack

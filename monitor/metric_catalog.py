@@ -161,6 +161,15 @@ CATALOG: tuple[MetricSpec, ...] = (
        "aside (their model restarted from the committed offset).", (), "monitor", "resilience"),
     _g("repwatch_checkpoint_bytes", "Size of the last checkpoint written for a model.",
        ("model",), "monitor", "resilience", "bytes"),
+    # ---- monitor: keyed (per-client) stages ----------------------------------------------------
+    _c("repwatch_keyed_state_evictions_total", "Client keys evicted from a keyed stage's state, "
+       "by reason (capacity: the key bound; idle: no record for key_idle_seconds).",
+       ("model", "detector", "reason"), "monitor", "keyed"),
+    _g("repwatch_keyed_state_keys", "Client keys held by a keyed stage.", DET, "monitor",
+       "keyed"),
+    _c("repwatch_records_missing_input_total", "Records a stage skipped because they lack its "
+       "input (no logits, no label, no client id...).", ("model", "detector"), "monitor",
+       "stream", "records"),
     # ---- monitor: drift --------------------------------------------------------------------
     _g("repwatch_drift_statistic", "Last drift test statistic.", DET, "monitor", "drift"),
     _g("repwatch_drift_threshold",

@@ -171,6 +171,8 @@ def pack_fields(
     _check_str("model", model, MAX_MODEL, empty=False)
     _check_str("model_version", model_version)
     _check_str("id", record_id)
+    if isinstance(ts, np.integer):
+        ts = int(ts)
     check_timestamp(ts)
     m: dict[str, Any] = {
         "v": SCHEMA_VERSION, "model": model, "model_version": model_version, "id": record_id,

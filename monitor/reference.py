@@ -9,8 +9,12 @@ records of a window as alert evidence) and ``manifest.json``::
      "file": "00-drift.mmd.npz", "params": {...}}]}
 
 :func:`load_reference` accepts such a directory, or an array file (``.npy``, or ``.npz`` with an
-``X``/``embeddings`` array) that it fits at start. The detectors are looked up in the registry
-by name, never imported by class, so new families plug in without touching the monitor.
+``X``/``embeddings`` array) that it fits at start. Each detector is fitted on the input its stage
+consumes (:func:`monitor.pipeline.consumes_of`): embeddings, or — from the same ``.npz`` —
+``logits`` (logit detectors such as ``ood.energy``), ``labels``/``predictions`` (``drift.chi2``)
+or a named feature array; a detector whose input the reference lacks is an error naming it.
+The detectors are looked up in the registry by name, never imported by class, so new families
+plug in without touching the monitor.
 """
 
 from __future__ import annotations
@@ -59,6 +63,19 @@ class ReferenceSet:
         return np.einsum("ij,ij->i", Z, Z)
 
 
+def read_inputs(path: Path) -> dict[str, NDArray[Any]]:
+    """Reference inputs of an array file: ``embedding`` plus any other arrays of an ``.npz``
+    (``logits``, ``labels`` -> ``label``, ``predictions`` -> ``prediction``, named features)."""
+    out: dict[str, NDArray[Any]] = {"embedding": read_array(path)}
+    if Path(path).suffix == ".npz":
+        rename = {"labels": "label", "predictions": "prediction"}
+        with np.load(path, allow_pickle=False) as f:
+            for k in f.files:
+                if k not in ("X", "embeddings"):
+                    out[rename.get(k, k)] = f[k]
+    return out
+
+
 def read_array(path: Path) -> NDArray[np.float64]:
     """Reference embeddings from ``.npy`` or ``.npz`` (array ``X`` or ``embeddings``)."""
     path = Path(path)
@@ -79,9 +96,12 @@ def read_array(path: Path) -> NDArray[np.float64]:
     return np.asarray(X, dtype=np.float64)
 
 
-def fit_reference(cfg: ModelConfig, X: NDArray[Any], source: str) -> ReferenceSet:
-    """Fit every configured detector of ``cfg`` on reference embeddings ``X``."""
+def fit_reference(cfg: ModelConfig, X: NDArray[Any], source: str,
+                  inputs: dict[str, NDArray[Any]] | None = None) -> ReferenceSet:
+    """Fit every configured detector of ``cfg`` on reference embeddings ``X`` (or, for
+    detectors that read something else, on ``inputs[<their input>]``)."""
     from detectors.base import registered
+    from monitor.pipeline import consumes_of
 
     reg = registered()
     X = np.asarray(X, dtype=np.float64)
@@ -89,6 +109,7 @@ def fit_reference(cfg: ModelConfig, X: NDArray[Any], source: str) -> ReferenceSe
         raise ValueError(
             f"reference has {X.shape[1]} dims, model {cfg.name!r} expects {cfg.embedding_dim}"
         )
+    inputs = {**(inputs or {}), "embedding": X}
     fitted: dict[str, Any] = {}
     for det_id, dc in zip(detector_ids(cfg.detectors), cfg.detectors, strict=True):
         if dc.name not in reg:
@@ -96,7 +117,15 @@ def fit_reference(cfg: ModelConfig, X: NDArray[Any], source: str) -> ReferenceSe
                 f"model {cfg.name!r}: detector {dc.name!r} is not registered; "
                 f"known: {sorted(reg)}"
             )
-        fitted[det_id] = reg[dc.name](**dc.params).fit(X)  # type: ignore[attr-defined]
+        want = consumes_of(dc, reg[dc.name]).input
+        data = inputs.get(want)
+        if data is None:
+            raise ValueError(
+                f"model {cfg.name!r}: detector {det_id!r} reads {want!r}, the reference "
+                f"({source}) has only {sorted(inputs)}; add a {want!r} array to the .npz "
+                "reference (rows aligned with X)"
+            )
+        fitted[det_id] = reg[dc.name](**dc.params).fit(data)  # type: ignore[attr-defined]
     scale = X.std(axis=0)
     scale[scale == 0] = 1.0
     return ReferenceSet(cfg.name, fitted, X.mean(axis=0), scale, source, int(X.shape[0]))
@@ -141,7 +170,8 @@ def load_reference(cfg: ModelConfig, path: Path) -> ReferenceSet:
 
     path = Path(path)
     if path.is_file():
-        return fit_reference(cfg, read_array(path), f"array:{path}")
+        inputs = read_inputs(path)
+        return fit_reference(cfg, inputs["embedding"], f"array:{path}", inputs)
     manifest_path = path / "manifest.json"
     if not manifest_path.exists():
         raise FileNotFoundError(

@@ -37,8 +37,10 @@ The worker never dies on data
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -49,19 +51,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prometheus_client import CollectorRegistry
 
 from monitor import records as R
 from monitor.alerting import Alerter
+from monitor.batch import RecordBatch, route
 from monitor.checkpoint import CheckpointStore, ModelCheckpoint, ReferenceOverrides
-from monitor.config import Config, ModelConfig
+from monitor.config import Config, ConfigPathError, ModelConfig
 from monitor.dlq import DeadLetters
 from monitor.kafka_io import TP, Batch, Consumer, Producer
-from monitor.pipeline import Pipeline
+from monitor.pipeline import Pipeline, StepReport, check_inputs
 from monitor.prefetch import PrefetchingConsumer
 from monitor.reference import ReferenceSet, detector_ids, load_reference
 from monitor.sinks import AlertLedger
+from monitor.state import StateStoreError
+from monitor.state import set_aside as set_aside_store
 from monitor.telemetry import MonitorMetrics
 
 log = logging.getLogger(__name__)
@@ -98,6 +102,10 @@ class Worker:
         self.alerter = Alerter(config, self.ledger, self.metrics)
         self.overrides = ReferenceOverrides(ckpt_dir)
         self.models_cfg = {m.name: m for m in config.models}
+        problems = check_inputs(config)
+        if problems:
+            raise ConfigPathError(problems[0].split(":", 1)[0], "; ".join(
+                p.split(": ", 1)[1] for p in problems))
         self.references = references or self._load_references()
         self.state: dict[TP, dict[str, ModelState]] = {}
         self.positions: dict[TP, int] = {}  # next offset to read, of processed records only
@@ -119,17 +127,20 @@ class Worker:
     def _load_references(self) -> dict[str, ReferenceSet]:
         refs = {}
         overrides = self.overrides.read()
-        for m in self.cfg.models:
+        for i, m in enumerate(self.cfg.models):
             path = overrides.get(m.name, {}).get("path") or m.reference
+            where = f"models[{i}].reference"
             if path is None:
-                raise ValueError(
-                    f"model {m.name!r} has no reference; set models[].reference to a reference "
-                    "directory (repwatch reference fit) or an array file"
-                )
+                raise ConfigPathError(where, f"model {m.name!r} has no reference; set it to a "
+                                      "reference directory (repwatch reference fit) or an array "
+                                      "file")
             if m.name in overrides:
                 log.warning("model %r: using the reference %s set by an admin call, not %s",
                             m.name, path, m.reference)
-            refs[m.name] = load_reference(m, Path(path))
+            try:
+                refs[m.name] = load_reference(m, Path(path))
+            except (OSError, ValueError) as exc:
+                raise ConfigPathError(where, f"{path}: {exc}") from None
         return refs
 
     def start(self) -> None:
@@ -180,7 +191,8 @@ class Worker:
         ref = self.references[ckpt.model]
         try:
             for arrays, meta in ckpt.versions:
-                pipe = Pipeline(mcfg, str(meta["version"]), ref, ckpt.partition)
+                pipe = self._new_pipeline(mcfg, str(meta["version"]), ref,
+                                          (ckpt.topic, ckpt.partition))
                 pipe.set_state(arrays, meta)
                 ms.pipelines[pipe.version] = pipe
         except Exception as exc:  # a checkpoint is input too: never crash start-up on it
@@ -227,6 +239,7 @@ class Worker:
         self._time("poll", t0)
         if len(batch):
             self.process(batch)
+        self._tick()
         now = time.monotonic()
         if now - self._last_ckpt >= self.cfg.monitor.checkpoint_interval_seconds:
             self.checkpoint_and_commit()
@@ -353,39 +366,57 @@ class Worker:
             if len(fresh) < len(items):
                 self.metrics.skipped_replay.inc(len(items) - len(fresh))
             items = fresh
-        dim = self.references[model].dim
-        by_version: dict[tuple[str, str], list[tuple[int, R.Record]]] = {}
-        for i, r in items:
-            if r.embedding.shape[0] != dim:
-                self._dead_letter(batch, i, "dimension",
-                                  f"embedding has {r.embedding.shape[0]} dims, model "
-                                  f"{model!r} version {r.model_version[:64]!r} expects {dim}")
-                continue
-            by_version.setdefault((r.model_version, r.kind), []).append((i, r))
-        for (version, kind), its in by_version.items():
-            if kind != "inference":
-                # feedback feeds poisoning checks; reference records feed `reference fit`
-                self.metrics.records.labels(model, version, kind).inc(len(its))
-                continue
-            pipe = self._pipeline(ms, mcfg, version, tp[1])  # only now: a valid record came
-            self.metrics.records.labels(model, version, kind).inc(len(its))
-            self._run_pipeline(pipe, [r for _, r in its])
+        batches, rejects = route(model, items, batch.offsets, self.references[model].dim)
+        for rej in rejects:
+            self._dead_letter(batch, rej.index, rej.reason, rej.message)
+        for _, r in items:
+            if r.kind == "reference":  # reference records feed `repwatch reference fit`
+                self.metrics.records.labels(model, r.model_version, r.kind).inc()
+        for version, rb in batches.items():
+            pipe = self._pipeline(ms, mcfg, version, tp)  # only now: a valid record came
+            n_fb = int(rb.kinds.sum())  # feedback = 1 (reference records are not routed)
+            if len(rb) - n_fb:
+                self.metrics.records.labels(model, version, "inference").inc(len(rb) - n_fb)
+            if n_fb:
+                self.metrics.records.labels(model, version, "feedback").inc(n_fb)
+            self._run_pipeline(pipe, rb)
             ms.dirty = True
 
-    def _pipeline(self, ms: ModelState, mcfg: ModelConfig, version: str,
-                  partition: int) -> Pipeline:
+    def _state_dir(self, tp: TP, model: str, version: str) -> Path:
+        """Where a version's keyed stores live (the version is hashed: it is user input)."""
+        digest = hashlib.sha256(version.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        return self.store.dir / tp[0] / f"p{tp[1]}" / f"{model}.keyed" / f"v-{digest}"
+
+    def _new_pipeline(self, mcfg: ModelConfig, version: str, ref: ReferenceSet,
+                      tp: TP) -> Pipeline:
+        state_dir = self._state_dir(tp, mcfg.name, version)
+        try:
+            return Pipeline(mcfg, version, ref, tp[1], state_dir)
+        except StateStoreError as exc:  # keyed state is input too: set it aside, start fresh
+            moved = set_aside_store(state_dir)
+            log.error("keyed state of model %r version %r is unusable (%s); moved to %s, its "
+                      "clients start fresh", mcfg.name, version[:64], exc, moved)
+            self.metrics.checkpoints_rejected.inc()
+            return Pipeline(mcfg, version, ref, tp[1], state_dir)
+
+    def _drop_keyed(self, tp: TP, model: str, version: str) -> None:
+        shutil.rmtree(self._state_dir(tp, model, version), ignore_errors=True)
+
+    def _pipeline(self, ms: ModelState, mcfg: ModelConfig, version: str, tp: TP) -> Pipeline:
         pipe = ms.pipelines.get(version)
         if pipe is not None:
             ms.pipelines.move_to_end(version)  # most recently valid last
             return pipe
         log.info("model %r version %r: new pipeline (fresh windows and detector state)",
                  mcfg.name, version[:64])
-        pipe = ms.pipelines[version] = Pipeline(mcfg, version, self.references[mcfg.name],
-                                                partition)
+        self._drop_keyed(tp, mcfg.name, version)  # left over from an evicted pipeline
+        pipe = ms.pipelines[version] = self._new_pipeline(mcfg, version,
+                                                          self.references[mcfg.name], tp)
         self.metrics.versions_created.labels(mcfg.name).inc()
         while len(ms.pipelines) > self.cfg.monitor.model_versions_kept:
             old = self._eviction_victim(ms, version)
             del ms.pipelines[old]
+            self._drop_keyed(tp, mcfg.name, old)
             self.metrics.versions_evicted.labels(mcfg.name).inc()
             self.metrics.forget_version(mcfg.name, old, detector_ids(mcfg.detectors))
             log.warning("model %r: version %r evicted (more than %d live versions)", mcfg.name,
@@ -403,19 +434,37 @@ class Worker:
                     "recently valid one, %r", ms.pipelines[keep].model, candidates[0][:64])
         return candidates[0]
 
-    def _run_pipeline(self, pipe: Pipeline, recs: list[R.Record]) -> None:
+    def _run_pipeline(self, pipe: Pipeline, batch: RecordBatch) -> None:
         t = time.perf_counter()
-        X = np.stack([r.embedding for r in recs])
-        ids = [r.record_id for r in recs]
-        ts = np.fromiter((r.timestamp_ms for r in recs), dtype=np.int64, count=len(recs))
-        report = pipe.process(X, ids, ts)
+        report = pipe.process(batch)
         t = self._time("detectors", t)
+        self._report(pipe, report, t)
+
+    def _report(self, pipe: Pipeline, report: StepReport, t: float) -> None:
         for obs in report.observations:
             self.metrics.observe(pipe.model, pipe.version, obs)
+        for det, n in report.missing_input.items():
+            self.metrics.missing_input.labels(pipe.model, det).inc(n)
+        for stage in pipe.keyed:
+            for reason, n in stage.evictions_since().items():
+                self.metrics.keyed_evictions.labels(pipe.model, stage.id, reason).inc(n)
+            self.metrics.keyed_keys.labels(pipe.model, pipe.version, stage.id).set(
+                len(stage.store))
         t = self._time("metrics", t)
         for f in report.findings:
             self.alerter.emit(f)
         self._time("alerts", t)
+
+    def _tick(self) -> None:
+        """Idle timers: close time windows no record has closed (findings as usual)."""
+        now = time.monotonic()
+        for models in self.state.values():
+            for ms in models.values():
+                for pipe in ms.pipelines.values():
+                    report = pipe.tick(now)
+                    if report.findings or report.observations:
+                        self._report(pipe, report, time.perf_counter())
+                        ms.dirty = True
 
     # --- outputs -------------------------------------------------------------------------------
     def _dead_letter(self, batch: Batch, i: int, reason: str, message: str) -> None:
@@ -448,6 +497,8 @@ class Worker:
             for model, ms in self.state.get(tp, {}).items():
                 if not ms.dirty:
                     continue
+                for p in ms.pipelines.values():
+                    p.checkpoint_keyed(offset)  # keyed stores first: the model file covers them
                 versions = [p.get_state() for p in ms.pipelines.values()]
                 self.store.save(ModelCheckpoint(model, tp[0], tp[1], offset, versions))
                 self.metrics.checkpoint_bytes.labels(model).set(self.store.last_bytes)
@@ -496,11 +547,12 @@ class Worker:
             raise KeyError(f"model {model!r} is not configured; known: {sorted(self.models_cfg)}")
         new = load_reference(mcfg, Path(path))
         self.references[model] = new
-        for models in self.state.values():
+        for tp, models in self.state.items():
             ms = models.get(model)
             if ms is not None:
-                for version, old in list(ms.pipelines.items()):
-                    ms.pipelines[version] = Pipeline(mcfg, version, new, old.partition)
+                for version in list(ms.pipelines):
+                    self._drop_keyed(tp, model, version)
+                    ms.pipelines[version] = self._new_pipeline(mcfg, version, new, tp)
                 ms.dirty = True
         self.overrides.set(model, str(path), actor)
         self.metrics.reference_replaced.labels(model).inc()

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from monitor import metric_catalog as catalog
 from monitor.metrics import declare, register_standard
-from monitor.pipeline import Observation
+from monitor.stages import Observation, RecordScores, WindowTest
 
 SCORE = catalog.get("repwatch_ood_score")
 
@@ -96,6 +96,9 @@ class MonitorMetrics:
         self.versions_evicted = m("repwatch_model_versions_evicted_total")
         self.checkpoints_rejected = m("repwatch_checkpoints_rejected_total")
         self.checkpoint_bytes = m("repwatch_checkpoint_bytes")
+        self.keyed_evictions = m("repwatch_keyed_state_evictions_total")
+        self.keyed_keys = m("repwatch_keyed_state_keys")
+        self.missing_input = m("repwatch_records_missing_input_total")
         self.scores = ScoreHistograms()
         registry.register(self.scores)
         self.compute = m("repwatch_detector_compute_seconds")
@@ -112,17 +115,15 @@ class MonitorMetrics:
 
     def observe(self, model: str, version: str, obs: Observation) -> None:
         labels = (model, version, obs.detector)
-        self.compute.labels(*labels).observe(obs.seconds)
-        if obs.test is not None:
-            t = obs.test
+        if isinstance(obs, WindowTest):
             self.drift_tests.labels(*labels).inc()
-            self.drift_statistic.labels(*labels).set(t["statistic"])
-            self.drift_threshold.labels(*labels).set(t.get("threshold", float("nan")))
-            self.drift_detected.labels(*labels).set(t["detected"])
-            if "p_value" in t:
-                self.drift_p_value.labels(*labels).set(t["p_value"])
-            self.drift_effect.labels(*labels).set(t["effect_size"])
-        if obs.scores is not None:
+            self.drift_statistic.labels(*labels).set(obs.statistic)
+            self.drift_threshold.labels(*labels).set(obs.threshold)
+            self.drift_detected.labels(*labels).set(float(obs.detected))
+            if obs.p_value is not None:
+                self.drift_p_value.labels(*labels).set(obs.p_value)
+            self.drift_effect.labels(*labels).set(obs.effect_size)
+        elif isinstance(obs, RecordScores):
             self.ood_scored.labels(*labels).inc(obs.records)
             if obs.flagged:
                 self.ood_flagged.labels(*labels).inc(obs.flagged)

@@ -14,7 +14,12 @@ Kinds
   latest ``size`` records each time event time crosses a multiple of ``every_seconds``.
 * **time** windows use event time (the record timestamp, ms): windows ``[k*step, k*step+size)``
   close when a record at or past their end arrives (the watermark is the largest timestamp seen;
-  records older than an already closed window are counted as late and dropped).
+  records older than an already closed window are counted as late and dropped), or — when no
+  record comes — on an idle timer: :meth:`Window.flush` closes every window holding records (the
+  stage calls it after ``idle_close_seconds`` of wall-clock silence).
+
+A window holds at most ``max_records`` records: count windows larger than that are refused by
+the configuration; a time window drops records past it and counts them (``state.dropped``).
 
 Windows with fewer than ``min_records`` records are not emitted (counted in ``state.skipped``).
 """
@@ -76,13 +81,15 @@ class WindowState:
     watermark: int | None = None
     late: int = 0
     skipped: int = 0
+    dropped: int = 0  # time windows: records past max_records
 
     def get_state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         data, offsets = pack_ids(self.ids)
         arrays = {"X": self.X, "ts": self.ts, "ids_data": data, "ids_offsets": offsets}
         meta = {
             k: getattr(self, k)
-            for k in ("seq0", "seen", "next_due", "next_start", "watermark", "late", "skipped")
+            for k in ("seq0", "seen", "next_due", "next_start", "watermark", "late", "skipped",
+                      "dropped")
         }
         return arrays, meta
 
@@ -113,6 +120,7 @@ class Window:
     step: int | None = None
     min_records: int = 1
     every_seconds: float | None = None
+    max_records: int = 100_000
 
     def __post_init__(self) -> None:
         step = self.step_
@@ -125,7 +133,8 @@ class Window:
 
     @classmethod
     def from_config(cls, cfg: WindowConfig) -> Window:
-        return cls(cfg.kind, cfg.size, cfg.step, cfg.min_records, cfg.every_seconds)
+        return cls(cfg.kind, cfg.size, cfg.step, cfg.min_records, cfg.every_seconds,
+                   cfg.max_records)
 
     @property
     def step_(self) -> int:
@@ -211,11 +220,31 @@ class Window:
             state.late += int((~on_time).sum())
             keep = np.flatnonzero(on_time)
             X, ts_ms, ids = X[keep], ts_ms[keep], [ids[i] for i in keep]
+        room = self.max_records - len(state)
+        if X.shape[0] > room:
+            keep_n = max(room, 0)
+            state.dropped += X.shape[0] - keep_n
+            X, ts_ms, ids = X[:keep_n], ts_ms[:keep_n], ids[:keep_n]
         _append(state, X, ids, ts_ms)
         state.seen += X.shape[0]
         if ts_ms.size:
             top = int(ts_ms.max())
             state.watermark = top if state.watermark is None else max(state.watermark, top)
+        return self._close_time(state)
+
+    def flush(self, state: WindowState) -> list[ClosedWindow]:
+        """Close every time window that holds records, as if event time had passed their ends
+        (the idle timer: no record arrived for a while). Count windows do not flush."""
+        if self.kind != "time" or not len(state):
+            return []
+        size, step = self.size * 1000, self.step_ * 1000
+        last_start = (int(state.ts.max()) // step) * step  # the latest window holding a record
+        end = last_start + size
+        state.watermark = end if state.watermark is None else max(state.watermark, end)
+        return self._close_time(state)
+
+    def _close_time(self, state: WindowState) -> list[ClosedWindow]:
+        size, step = self.size * 1000, self.step_ * 1000
         out: list[ClosedWindow] = []
         assert state.next_start is not None
         while state.watermark is not None and state.next_start + size <= state.watermark:

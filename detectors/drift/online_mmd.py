@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from detectors.base import Detector, check_array, register
+from detectors.base import StreamingDetector, check_array, register
 from detectors.drift.base import (
     FloatArray,
     OnlineDriftResult,
@@ -37,7 +37,7 @@ def _prefix2d(A: NDArray[Any]) -> NDArray[Any]:
 
 
 @register("drift.mmd_online")
-class OnlineMMDDrift(Detector):
+class OnlineMMDDrift(StreamingDetector):
     """Online MMD detector with thresholds calibrated to a target expected run time.
 
     A sliding window of the last ``window_size`` records is compared with the reference by

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from detectors.base import Detector, check_array
+from detectors.base import RecordDetector, check_array
 from detectors.ood.calibration import (
     calibration_split,
     conformal_threshold,
@@ -61,6 +61,11 @@ class OODResult:
     detector: str
 
     @property
+    def flags(self) -> NDArray[np.bool_]:
+        """``is_ood`` under the name every per-record result uses."""
+        return self.is_ood
+
+    @property
     def ood_rate(self) -> float:
         """Fraction of the batch flagged (the metric to alert on)."""
         return float(self.is_ood.mean()) if self.is_ood.size else 0.0
@@ -73,7 +78,7 @@ class OODResult:
         return out
 
 
-class OODDetector(Detector):
+class OODDetector(RecordDetector):
     """Family base: validation, calibration split, threshold and :class:`OODResult`.
 
     Subclasses store ``fpr``, ``calibration_fraction`` and ``seed`` in ``__init__`` (plus their
@@ -164,6 +169,7 @@ class LogitDetector(OODDetector):
     """
 
     _holdout: ClassVar[bool] = False
+    input_kind: ClassVar[str] = "logits"
 
     def _fit_model(self, X: FloatArray, y: NDArray[Any] | None) -> None:
         return None

@@ -231,11 +231,11 @@ def test_a_batch_that_raises_is_retried_from_the_checkpoint_then_dead_lettered(
     real = Pipeline.process
     calls = {"poison": 0}
 
-    def flaky(self: Pipeline, X: Any, ids: list[str], ts: Any) -> Any:
-        if "digits-130" in ids:
+    def flaky(self: Pipeline, batch: Any) -> Any:
+        if "digits-130" in batch.ids:
             calls["poison"] += 1
             raise RuntimeError("detector bug triggered by one record")
-        return real(self, X, ids, ts)
+        return real(self, batch)
 
     monkeypatch.setattr(Pipeline, "process", flaky)
     config = mon.config(max_batch_retries=2, max_poll_records=50)

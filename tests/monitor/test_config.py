@@ -86,9 +86,12 @@ def test_secrets_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_cli_config_check(tmp_path: Path) -> None:
+    import os
+
     exe = Path(sys.executable).parent / "repwatch"
+    env = {**os.environ, "REPWATCH_WEBHOOK_SECRET": "s3cret"}
     ok = subprocess.run(
-        [exe, "config", "check", write(tmp_path, GOOD)], capture_output=True, text=True
+        [exe, "config", "check", write(tmp_path, GOOD)], capture_output=True, text=True, env=env
     )
     assert ok.returncode == 0, ok.stderr
     assert "bootstrap_servers:\n  - a:9092" in ok.stdout
@@ -101,3 +104,39 @@ def test_cli_config_check(tmp_path: Path) -> None:
     assert "serving.port" in bad.stderr
     helptext = subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
     assert "config" in helptext
+
+
+def test_config_check_resolves_secrets_and_names_the_field(tmp_path: Path) -> None:
+    import os
+
+    exe = Path(sys.executable).parent / "repwatch"
+    env = {k: v for k, v in os.environ.items() if k != "REPWATCH_WEBHOOK_SECRET"}
+    res = subprocess.run([exe, "config", "check", write(tmp_path, GOOD)], capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == ("error: alerts.webhooks[0].secret: secret environment "
+                                  "variable REPWATCH_WEBHOOK_SECRET is not set")
+
+
+LOGITS_ON_EMBEDDINGS = """
+models:
+  - name: digits
+    detectors:
+      - name: drift.mmd
+      - name: ood.energy
+        input: embedding
+"""
+
+
+def test_config_check_refuses_a_logits_detector_fed_embeddings(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "repwatch"
+    res = subprocess.run([exe, "config", "check", write(tmp_path, LOGITS_ON_EMBEDDINGS)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2, res.stdout
+    assert res.stderr.startswith("error: models[0].detectors[1] (digits): ood.energy reads "
+                                 "logits, but its input is 'embedding'; set input: logits")
+    # Without `input`, ood.energy reads the records' logits: accepted.
+    fine = LOGITS_ON_EMBEDDINGS.replace("        input: embedding\n", "")
+    ok = subprocess.run([exe, "config", "check", write(tmp_path, fine)], capture_output=True,
+                        text=True)
+    assert ok.returncode == 0, ok.stderr

@@ -44,7 +44,7 @@ def _feed(pipe: Pipeline, phases: list[tuple[int, float]], batch: int = 70) -> l
     for n, shift in phases:
         for a in range(0, n, batch):
             m = min(batch, n - a)
-            findings += pipe.process(*_batch(m, pos, shift)).findings
+            findings += pipe.process_arrays(*_batch(m, pos, shift)).findings
             pos += m
     return findings
 
@@ -106,7 +106,7 @@ def test_dimension_change_is_rejected_with_the_fix(setup) -> None:
     cfg, ref = setup
     with pytest.raises(ValueError, match="embedding has 4 dims, model 'digits' version '1' "
                                          "expects 8"):
-        Pipeline(cfg, "1", ref).process(np.zeros((3, 4), np.float32), ["a", "b", "c"],
+        Pipeline(cfg, "1", ref).process_arrays(np.zeros((3, 4), np.float32), ["a", "b", "c"],
                                         np.zeros(3, np.int64))
 
 
