@@ -115,6 +115,7 @@ class MonitorMetrics:
 
     def observe(self, model: str, version: str, obs: Observation) -> None:
         labels = (model, version, obs.detector)
+        self.compute.labels(*labels).observe(obs.seconds)
         if isinstance(obs, WindowTest):
             self.drift_tests.labels(*labels).inc()
             self.drift_statistic.labels(*labels).set(obs.statistic)
