@@ -207,10 +207,10 @@ def latency(cfg: Config, refs: dict[str, Any], broker: str, topic: str, rate: fl
     alert_at: list[tuple[float, str]] = []
     inner_run, inner_alert = w._run_pipeline, w.alerter.emit
 
-    def timed_run(pipe: Any, recs: list[R.Record]) -> None:
-        inner_run(pipe, recs)
+    def timed_run(pipe: Any, batch: Any) -> None:
+        inner_run(pipe, batch)
         now = time.time() * 1000
-        lat.extend(now - r.timestamp_ms for r in recs)
+        lat.extend((now - batch.ts).tolist())
 
     def timed_alert(f: Any) -> None:
         alert_at.append((time.time(), f.detector))
@@ -283,7 +283,16 @@ def main() -> None:
     ap.add_argument("--latency-only", action="store_true", help="only the latency run; print")
     ap.add_argument("--out", type=Path, default=OUT, help="results file (markdown)")
     ap.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--compare", metavar="REV", help="only the full scenario, beside the "
+                    "pipeline of git revision REV (alternating runs), plus a keyed scenario; "
+                    "writes benchmarks/results/monitor_pipeline_v2.md")
     args = ap.parse_args()
+    if args.compare:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from monitor_compare import compare
+
+        compare(args.compare, args.records)
+        return
     if args.rss_child:
         b, ref_dir, n, per = args.rss_child
         rss_child(b, ref_dir, int(n), int(per))

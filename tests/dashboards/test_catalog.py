@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import metric_catalog as catalog
 from monitor.metric_catalog import MetricSpec
-from monitor.pipeline import Observation
+from monitor.stages import RecordScores, WindowTest
 from monitor.telemetry import MonitorMetrics
 
 ROOT = Path(__file__).parents[2]
@@ -64,11 +64,11 @@ def test_monitor_registers_exactly_its_catalogue_entries() -> None:
     registry = CollectorRegistry()
     m = MonitorMetrics(registry)
     # Touch every labelled metric once so its label names show in the scrape.
-    m.observe("digits", "1", Observation("drift.mmd", "window", 0.01, test={
-        "statistic": 0.2, "threshold": 0.1, "p_value": 0.01, "effect_size": 0.5,
-        "detected": 1.0}))
-    m.observe("digits", "1", Observation("ood.knn", "record", 0.01, records=3, flagged=1,
-                                         scores=np.array([0.1, 0.5, 2.0])))
+    m.observe("digits", "1", WindowTest("drift.mmd", "window", 0.01, 200, statistic=0.2,
+                                        threshold=0.1, effect_size=0.5, detected=True,
+                                        p_value=0.01))
+    m.observe("digits", "1", RecordScores("ood.knn", "record", 0.01, records=3, flagged=1,
+                                          scores=np.array([0.1, 0.5, 2.0])))
     m.records.labels("digits", "1", "inference").inc()
     m.dlq.labels("decode").inc()
     m.stage.labels("decode").inc(0.1)
@@ -81,6 +81,9 @@ def test_monitor_registers_exactly_its_catalogue_entries() -> None:
     m.versions_created.labels("digits").inc()
     m.versions_evicted.labels("digits").inc()
     m.checkpoint_bytes.labels("digits").set(1024)
+    m.keyed_evictions.labels("digits", "ood.knn", "capacity").inc()
+    m.keyed_keys.labels("digits", "1", "ood.knn").set(3)
+    m.missing_input.labels("digits", "ood.msp").inc()
     scraped = _scrape(registry)
     ours = {k: v for k, v in scraped.items() if k.startswith("repwatch_")}
     expected = {s.name: s for s in catalog.for_component("monitor")}

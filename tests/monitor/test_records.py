@@ -158,8 +158,10 @@ def test_schema_file_documents_exactly_the_encoded_fields() -> None:
         label=1,
         client_id="c",
         input_digest=b"d",
+        features={"penultimate": np.ones(3, np.float32)},
     )
     encoded = msgpack.unpackb(R.encode(full))
+    assert R.decode(R.encode(full)) == full
     assert set(encoded) == set(schema["fields"])
     required = {k for k, v in schema["fields"].items() if v["required"]}
     for key in required:
