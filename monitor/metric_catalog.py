@@ -148,8 +148,9 @@ CATALOG: tuple[MetricSpec, ...] = (
     _c("repwatch_reference_replacements_total",
        "References replaced at run time by an admin call.", ("model",), "monitor", "health"),
     # ---- monitor: resilience (bad input never stops a worker) --------------------------------
-    _c("repwatch_dlq_tombstone_records_total", "Dead-lettered records too large for the DLQ, sent as "
-       "a tombstone (key, partition, offset, reason).", (), "monitor", "resilience", "records"),
+    _c("repwatch_dlq_tombstone_records_total", "Dead-lettered records too large for the DLQ, "
+       "sent as a tombstone (key, partition, offset, reason).", (), "monitor", "resilience",
+       "records"),
     _c("repwatch_batch_failures_total", "Batches that failed with an unexpected error, by "
        "outcome (retried from the last checkpoint, or dead_lettered after the last retry).",
        ("outcome",), "monitor", "resilience"),
