@@ -147,21 +147,6 @@ CATALOG: tuple[MetricSpec, ...] = (
        "health", "seconds"),
     _c("repwatch_reference_replacements_total",
        "References replaced at run time by an admin call.", ("model",), "monitor", "health"),
-    # ---- monitor: resilience (bad input never stops a worker) --------------------------------
-    _c("repwatch_dlq_tombstone_records_total", "Dead-lettered records too large for the DLQ, "
-       "sent as a tombstone (key, partition, offset, reason).", (), "monitor", "resilience",
-       "records"),
-    _c("repwatch_batch_failures_total", "Batches that failed with an unexpected error, by "
-       "outcome (retried from the last checkpoint, or dead_lettered after the last retry).",
-       ("outcome",), "monitor", "resilience"),
-    _c("repwatch_model_version_pipelines_total", "Pipelines created for a new model version.",
-       ("model",), "monitor", "resilience"),
-    _c("repwatch_model_versions_evicted_total", "Model-version pipelines evicted by the "
-       "live-version cap (version churn).", ("model",), "monitor", "resilience"),
-    _c("repwatch_checkpoints_rejected_total", "Checkpoints that failed validation and were set "
-       "aside (their model restarted from the committed offset).", (), "monitor", "resilience"),
-    _g("repwatch_checkpoint_bytes", "Size of the last checkpoint written for a model.",
-       ("model",), "monitor", "resilience", "bytes"),
     # ---- monitor: keyed (per-client) stages ----------------------------------------------------
     _c("repwatch_keyed_state_evictions_total", "Client keys evicted from a keyed stage's state, "
        "by reason (capacity: the key bound; idle: no record for key_idle_seconds).",

@@ -42,6 +42,11 @@ NO_DATA_EXPECTED = {
         "incident: a batch failing with an unexpected error",
     "repwatch-overview: Sidecar intake rejections / s [A]":
         "labels pre-set by the sidecar's intake bounds (issue 17)",
+    # Client-keyed stages (issue 11): only a model configured with `key: client` has them.
+    "repwatch-overview: Keyed state evictions / s [A]": "needs a `key: client` stage",
+    "repwatch-overview: Keyed state keys [A]": "needs a `key: client` stage",
+    "repwatch-model: Keyed state evictions / s [A]": "needs a `key: client` stage",
+    "repwatch-model: Keyed state keys [A]": "needs a `key: client` stage",
 }
 
 
