@@ -112,6 +112,59 @@ def point(total: int, dirty: int, repeats: int, work: Path) -> dict[str, float]:
             "whole_b": statistics.median(w[1] for w in whole), "load_s": load_s}
 
 
+def access(n_records: int, n_clients: int, capacity: int, idle_ms: int | None,
+           repeats: int) -> dict[str, float]:
+    """Per-record cost of get_or_create + a ring-buffer update, beside a plain dict."""
+    rng = np.random.default_rng(1)
+    keys = [f"{i:064x}" for i in rng.integers(0, n_clients, size=n_records).tolist()]
+    best_store = best_cols = best_dict = float("inf")
+    evicted = 0
+    for _ in range(repeats):
+        store = KeyedStateStore(SCHEMA, StoreLimits(max_keys=capacity, idle_timeout_ms=idle_ms))
+        t = time.perf_counter()
+        for i, k in enumerate(keys):
+            rec = store.get_or_create(k, i)
+            rec["ring"][rec["n"] % 8] = 1.0
+            rec["n"] += 1
+        best_store = min(best_store, time.perf_counter() - t)
+        evicted = sum(store.evictions.values())
+        store = KeyedStateStore(SCHEMA, StoreLimits(max_keys=capacity, idle_timeout_ms=idle_ms))
+        t = time.perf_counter()
+        for i, k in enumerate(keys):
+            cols, row = store.locate(k, i)
+            cols["ring"][row, cols["n"][row] % 8] = 1.0
+            cols["n"][row] += 1
+        best_cols = min(best_cols, time.perf_counter() - t)
+        d: dict[str, np.void] = {}  # the peer: unbounded, no recency, no dirty tracking
+        proto = SCHEMA.new_record()
+        t = time.perf_counter()
+        for k in keys:
+            rec = d.get(k)
+            if rec is None:
+                rec = d[k] = proto.copy()
+            rec["ring"][rec["n"] % 8] = 1.0
+            rec["n"] += 1
+        best_dict = min(best_dict, time.perf_counter() - t)
+    return {"records": n_records, "clients": n_clients, "capacity": capacity,
+            "idle": idle_ms or 0, "store_us": best_store / n_records * 1e6,
+            "cols_us": best_cols / n_records * 1e6, "dict_us": best_dict / n_records * 1e6,
+            "evicted": evicted}
+
+
+ACCESS_HEADER = ("| distinct clients | capacity | idle timeout | records | "
+                 "get_or_create µs/record | locate µs/record | dict µs/record | "
+                 "get_or_create / dict | locate / dict | evictions |\n"
+                 "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def _access_row(a: dict[str, float]) -> str:
+    idle = f"{int(a['idle']):,} ms" if a["idle"] else "off"
+    return (f"| {int(a['clients']):,} | {int(a['capacity']):,} | {idle} | "
+            f"{int(a['records']):,} | {a['store_us']:.2f} | {a['cols_us']:.2f} | "
+            f"{a['dict_us']:.2f} | {a['store_us'] / a['dict_us']:.2f}× | "
+            f"{a['cols_us'] / a['dict_us']:.2f}× | {int(a['evicted']):,} |")
+
+
 def _row(p: dict[str, float]) -> str:
     return (f"| {int(p['total']):,} | {int(p['dirty']):,} | {p['delta_s'] * 1e3:.1f} | "
             f"{p['delta_cpu'] * 1e3:.1f} | "
@@ -153,6 +206,12 @@ def main() -> None:
         by_total = [point(t, 1_000, args.repeats, work) for t in totals]
         for p in by_total:
             print(_row(p), flush=True)
+        n = 50_000 if args.quick else 200_000
+        accesses = [access(n, 10_000, 100_000, None, 3),      # 10k active clients, all fit
+                    access(n, 10_000, 100_000, 60_000, 3),    # the same with idle eviction on
+                    access(n, 100_000, 10_000, None, 3)]      # churn: most records evict
+        for a in accesses:
+            print(_access_row(a), flush=True)
     finally:
         fs = _fs(work)
         shutil.rmtree(work, ignore_errors=True)
@@ -190,6 +249,16 @@ checkpoints per point (the whole-file peer: median of {max(1, args.repeats // 2)
 
 {HEADER}
 {chr(10).join(_row(p) for p in by_total)}
+
+## Per-record access (no checkpoint)
+
+A ring-buffer write and a counter increment per record, best of 3, one thread: through
+`get_or_create` (a structured-scalar view), through `locate` (column views + row), and beside
+them a plain `dict` of structured scalars doing the same update (unbounded, no recency, no
+dirty set, no eviction: what per-key numpy records cost in Python without a store).
+
+{ACCESS_HEADER}
+{chr(10).join(_access_row(a) for a in accesses)}
 
 ## Reading
 

@@ -106,6 +106,11 @@ def _write(store: KeyedStateStore, seq: int, kind: str, slots: NDArray[np.intp],
     cuts = np.flatnonzero(np.diff(pages)) + 1
     chunks = [(store._pages[int(part[0]) >> store._shift], part & store._mask)
               for part in np.split(slots, cuts) if part.size]
+    if 1 < len(chunks) and slots.size <= store.page_rows:
+        # A small delta scattered over many pages: gather its records once (at most a page),
+        # so each field is one write instead of one per page.
+        buf = np.concatenate([page[rows] for page, rows in chunks])
+        chunks = [(buf, np.arange(buf.size, dtype=np.intp))]
     return S.write_segment(store.directory, kind, seq, store.schema, keys,
                            chunks, store._last_seen[slots], store._ticks[slots], tombstones)
 

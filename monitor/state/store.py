@@ -116,12 +116,12 @@ class KeyedStateStore:
                                    + _CHECKPOINT_PER_KEY + 2 * k)
         self.capacity = lim.max_keys
         if lim.max_memory_bytes is not None:
-            fit = (lim.max_memory_bytes - 2 * self.page_bytes) // self.key_bound_bytes
+            fit = (lim.max_memory_bytes - 3 * self.page_bytes) // self.key_bound_bytes
             if fit < 1:
                 raise ValueError(f"max_memory_bytes={lim.max_memory_bytes} holds no key of "
                                  f"{self.key_bound_bytes} bytes (record {schema.itemsize}, "
-                                 f"key <= {lim.max_key_bytes}) plus a {self.page_bytes}-byte "
-                                 "page; raise it or shrink the schema")
+                                 f"key <= {lim.max_key_bytes}) plus three {self.page_bytes}-byte "
+                                 "pages; raise it or shrink the schema")
             self.capacity = int(min(self.capacity, fit))
         self.directory = Path(directory) if directory is not None else None
         self._proto = schema.new_record()
@@ -142,6 +142,7 @@ class KeyedStateStore:
         self._index: OrderedDict[str, int] = OrderedDict()  # LRU order: oldest first
         self._slot_keys: list[str | None] = []
         self._pages: list[NDArray[Any]] = []
+        self._cols: list[dict[str, NDArray[Any]]] = []  # per page: field name -> column view
         self._last_seen = np.full(0, _NEVER, dtype=np.int64)
         self._ticks = np.zeros(0, dtype=np.int64)
         self._persisted = np.zeros(0, dtype=bool)
@@ -160,10 +161,30 @@ class KeyedStateStore:
 
         Marks the key dirty (written by the next checkpoint), most recently used, and seen at
         ``event_ms``. The view is valid until the next call that may evict or load
-        (``get_or_create``, ``expire``, ``delete``); do not keep it longer. A bad key raises
-        :class:`StateKeyError`, an event time outside int64 ``ValueError`` — both before
-        anything changes.
+        (``get_or_create``, ``locate``, ``expire``, ``delete``); do not keep it longer. A bad
+        key raises :class:`StateKeyError`, an event time outside int64 ``ValueError`` — both
+        before anything changes.
         """
+        slot = self._touch(key, event_ms)
+        rec: np.void = self._pages[slot >> self._shift][slot & self._mask]
+        return rec
+
+    def locate(self, key: str, event_ms: int) -> tuple[dict[str, NDArray[Any]], int]:
+        """Like :meth:`get_or_create`, as ``(columns, row)``: ``columns[field][row]`` is the
+        key's value. Same marking and validity; about 4× faster per field access than the
+        record view (numpy's structured scalars are slow), for stages on a hot path.
+
+        >>> store = KeyedStateStore(StateSchema.of(n="int64", last=("float32", (2,))))
+        >>> cols, row = store.locate("client-1", event_ms=0)
+        >>> cols["n"][row] += 1
+        >>> cols["last"][row, 1] = 0.5
+        >>> int(store.peek("client-1")["n"]), store.peek("client-1")["last"].tolist()
+        (1, [0.0, 0.5])
+        """
+        slot = self._touch(key, event_ms)
+        return self._cols[slot >> self._shift], slot & self._mask
+
+    def _touch(self, key: str, event_ms: int) -> int:
         t = int(event_ms)
         if not _UNSEEN < t < _NEVER:
             raise ValueError(f"event time {t} ms is outside int64; dead-letter the record")
@@ -187,8 +208,7 @@ class KeyedStateStore:
         self._tick += 1
         self._ticks[slot] = self._tick
         self._dirty.add(slot)
-        rec: np.void = self._pages[slot >> self._shift][slot & self._mask]
-        return rec
+        return slot
 
     def mark_dirty(self, key: str) -> None:
         """Have the next checkpoint write ``key`` (after changing a view obtained earlier)."""
@@ -297,7 +317,9 @@ class KeyedStateStore:
             self._ticks = np.concatenate([self._ticks, np.zeros(grow, np.int64)])
             self._persisted = np.concatenate([self._persisted, np.zeros(grow, bool)])
         while len(self._pages) << self._shift < slots:
-            self._pages.append(np.zeros(self.page_rows, dtype=self.schema.dtype))
+            page = np.zeros(self.page_rows, dtype=self.schema.dtype)
+            self._pages.append(page)
+            self._cols.append({f.name: page[f.name] for f in self.schema.fields})
 
     def _evict(self, key: str, slot: int, reason: str) -> None:
         if self.on_evict is not None:
@@ -328,7 +350,7 @@ class KeyedStateStore:
     @property
     def memory_bound_bytes(self) -> int:
         """Upper bound of this store's memory at full capacity (records, bookkeeping, keys)."""
-        pages = -(-self.capacity // self.page_rows) + 1  # +1: a checkpoint's page copy
+        pages = -(-self.capacity // self.page_rows) + 2  # a checkpoint's page copies
         return int(pages * self.page_bytes
                    + self.capacity * (self.key_bound_bytes - self.schema.itemsize))
 

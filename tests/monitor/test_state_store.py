@@ -129,6 +129,28 @@ def test_new_keys_start_from_defaults_and_views_write_through() -> None:
     assert store.clone().schema is SCHEMA and len(store.clone()) == 0
 
 
+def update_columns(store: KeyedStateStore, key: str, t: int, v: float) -> None:
+    cols, row = store.locate(key, t)
+    n = cols["n"][row]
+    cols["ring"][row, n % RING] = v
+    if n == 0:
+        cols["first"][row] = t
+    cols["n"][row] += 1
+    cols["total"][row] += v
+
+
+def test_column_access_is_the_same_state(tmp_path: Path) -> None:
+    store = KeyedStateStore(SCHEMA, StoreLimits(max_keys=100), directory=tmp_path)
+    model = Model(100)
+    for batch in stream(5, 3, 300, 250):
+        for key, t, v in batch:
+            update_columns(store, key, t, v)
+            model.update(key, t, v)
+        store.checkpoint()
+        assert_same(store, model)
+    assert_same(KeyedStateStore(SCHEMA, StoreLimits(max_keys=100), directory=tmp_path), model)
+
+
 @pytest.mark.parametrize("bad", ["", "x" * 65, "é" * 33, 17, None, ["a"], b"a"])
 def test_bad_keys_are_refused_and_leave_the_store_intact(bad: Any) -> None:
     store = KeyedStateStore(SCHEMA, StoreLimits(max_keys=2, idle_timeout_ms=10))
@@ -251,6 +273,34 @@ def test_full_checkpoint_after_heavy_churn_and_shrunk_limit(tmp_path: Path) -> N
     assert (info.kind, info.keys_written) == ("base", 5)
     assert list(KeyedStateStore(SCHEMA, StoreLimits(max_keys=5), directory=tmp_path).keys()) == [
         f"k{i}" for i in range(55, 60)]
+
+
+def test_small_delta_over_many_pages_round_trips(tmp_path: Path) -> None:
+    big = StateSchema.of(v=("float32", (4096,)), n="int64")  # 16 KiB records: 32 per page
+    store = KeyedStateStore(big, StoreLimits(max_keys=1000), directory=tmp_path)
+    assert store.page_rows == 32
+    want = {}
+    for i in range(640):
+        rec = store.get_or_create(f"k{i}", i)
+        rec["v"][:] = i
+        rec["n"] = i
+        want[f"k{i}"] = i
+    store.checkpoint()
+    rng = np.random.default_rng(6)
+    for gen in range(1, 4):  # 25 keys over many of 20 pages: the gathered path
+        for i in rng.choice(640, size=25, replace=False).tolist():
+            rec = store.get_or_create(f"k{i}", 1000 * gen + i)
+            rec["v"][:] = i + 0.5 * gen
+            rec["n"] += 1
+            want[f"k{i}"] = i + 0.5 * gen
+        info = store.checkpoint()
+        assert (info.kind, info.keys_written) == ("delta", 25)
+    again = KeyedStateStore(big, StoreLimits(max_keys=1000), directory=tmp_path)
+    assert len(again) == 640
+    for key, v in want.items():
+        rec, mine = again.peek(key), store.peek(key)
+        assert rec is not None and mine is not None
+        assert np.all(rec["v"] == np.float32(v)) and int(rec["n"]) == int(mine["n"]), key
 
 
 def test_schema_change_is_refused_with_the_fix(tmp_path: Path) -> None:
