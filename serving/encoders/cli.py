@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 _TRAIN_EXTRA = 'the encoder commands need the train extra: pip install "repwatch[train]"'
 
 
@@ -137,6 +135,8 @@ def _export_cmd(args: argparse.Namespace) -> int:
         encoder, _meta = load_checkpoint(args.checkpoint)
     except (OSError, ValueError) as exc:
         return _fail("export", str(exc))
+    import numpy as np
+
     out = args.out or args.checkpoint.with_suffix(".onnx")
     # Check the graph on inputs at the data's own scale (the normalisation buffers).
     rng = np.random.default_rng(0)
@@ -161,6 +161,8 @@ def _export_cmd(args: argparse.Namespace) -> int:
 
 
 def _embed_cmd(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from serving.encoders.data import load_array
     from serving.encoders.onnx_io import OnnxEncoder
 

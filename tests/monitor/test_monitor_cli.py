@@ -144,3 +144,19 @@ def test_help_shows_defaults_and_version_prints_the_installed_version(capsys) ->
         main(["encoder", "train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "most epochs to train (default: 100)" in out and "(default: simclr)" in out
+
+
+def test_help_builds_without_importing_numpy_or_detectors() -> None:
+    """Issue 11 item 9: `repwatch --help` must not pay for numpy or the detectors."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, monitor.cli\n"
+        "try:\n    monitor.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'detectors'))\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
