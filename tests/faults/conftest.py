@@ -1,5 +1,5 @@
 """Fault-injection fixtures: the real sidecar as a process (``repwatch serve``) on the real broker,
-and a group-less consumer that reads a topic from the start."""
+and helpers to read its metrics (topics are read with ``tests.conftest.read_topic``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from monitor import localstack
-from monitor.records import Record, decode
 
 DIGITS = Path(__file__).resolve().parents[2] / "serving/encoders/models/digits_classifier.onnx"
 
@@ -102,37 +101,6 @@ def sidecar(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
     yield start
     for s in started:
         s.stop()
-
-
-def consume(address: str, topic: str, want: int, timeout: float) -> list[Record]:
-    """Every record on ``topic`` from the start (no consumer group), until ``want`` or timeout."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=[address],
-        group_id=None,
-        enable_auto_commit=False,
-        request_timeout_ms=5000,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        parts = None
-        while not parts and time.monotonic() < deadline:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                time.sleep(0.2)
-        if not parts:
-            return []
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list[Record] = []
-        while len(out) < want and time.monotonic() < deadline:
-            for msgs in consumer.poll(timeout_ms=200).values():
-                out.extend(decode(m.value) for m in msgs)
-        return out
-    finally:
-        consumer.close()
 
 
 def metric(url: str, name: str, **labels: str) -> float:

@@ -40,8 +40,7 @@ def mon(tmp_path: Path, kafka_broker: Any, consumer_timeouts: dict[str, int]) ->
 def _produce_raw(mon: Any, values: list[bytes], max_request_size: int = 1 << 20) -> None:
     from kafka import KafkaProducer
 
-    p = KafkaProducer(bootstrap_servers=mon.broker, linger_ms=5,
-                      max_request_size=max_request_size)
+    p = KafkaProducer(bootstrap_servers=mon.broker, linger_ms=5, max_request_size=max_request_size)
     for v in values:
         p.send(mon.records_topic, key=b"digits", value=v)
     p.flush(30)
@@ -107,16 +106,21 @@ def test_timestamps_outside_int64_or_implausible_are_dead_lettered_and_nothing_i
         mon.run_until(worker, lambda: _seq(worker) == 117)
     finally:
         worker.close()
-    reasons = [(_header(m, "repwatch-error-reason"), b"ts" in (_header(m, "repwatch-error") or b""))
-               for m in _dlq(mon, 3)]
+    reasons = [
+        (_header(m, "repwatch-error-reason"), b"ts" in (_header(m, "repwatch-error") or b""))
+        for m in _dlq(mon, 3)
+    ]
     assert reasons == [(b"decode", True)] * 3
     store = CheckpointStore(config.monitor.checkpoint_dir)
     ckpt = next(c for p in range(4) if (c := store.load(mon.records_topic, p, "digits")))
     assert ckpt.offset == 120 and int(ckpt.versions[0][1]["seq"]) == 117
     # The encoder refuses such a timestamp for this record only.
     with pytest.raises(R.RecordError, match="ts"):
-        R.encode(R.Record(model="m", record_id="r", timestamp_ms=10**30,
-                          embedding=np.zeros(2, np.float32)))
+        R.encode(
+            R.Record(
+                model="m", record_id="r", timestamp_ms=10**30, embedding=np.zeros(2, np.float32)
+            )
+        )
 
 
 def test_long_ids_are_refused_and_checkpoints_store_ids_by_their_own_length(mon) -> None:
@@ -145,8 +149,15 @@ def test_long_ids_are_refused_and_checkpoints_store_ids_by_their_own_length(mon)
 
 def test_bogus_model_versions_do_not_evict_a_filling_window(mon) -> None:
     """Item 5: three records with bogus versions discarded a real 601-record drift window."""
-    config = mon.config([{"name": "drift.mmd", "params": {"n_permutations": 50, "seed": 0},
-                          "window": {"kind": "count", "size": 1000, "min_records": 50}}])
+    config = mon.config(
+        [
+            {
+                "name": "drift.mmd",
+                "params": {"n_permutations": 50, "seed": 0},
+                "window": {"kind": "count", "size": 1000, "min_records": 50},
+            }
+        ]
+    )
     recs = mon.make("digits", 601)
     bogus = [mon.make("digits", 1, start=700 + i, version=f"bogus-{i}")[0] for i in range(3)]
     wrong_dim = mon.make("digits", 2, start=800, version="bogus-dim", dim=3)
@@ -199,8 +210,11 @@ def _forged_offset(arrays: dict[str, Any], meta: dict[str, Any]) -> None:
     meta["offset"] = 10**9
 
 
-@pytest.mark.parametrize("tamper", [_object_array, _unexpected_key, _forged_offset],
-                         ids=["object-array", "unexpected-key", "forged-offset"])
+@pytest.mark.parametrize(
+    "tamper",
+    [_object_array, _unexpected_key, _forged_offset],
+    ids=["object-array", "unexpected-key", "forged-offset"],
+)
 def test_a_tampered_checkpoint_is_set_aside_and_the_worker_replays_from_the_commit(
     mon, tamper
 ) -> None:
@@ -245,8 +259,9 @@ def test_a_batch_that_raises_is_retried_from_the_checkpoint_then_dead_lettered(
         mon.run_until(worker, lambda: _seq(worker) == 100)
         worker.checkpoint_and_commit()
         mon.produce(mon.make("digits", 100, start=100))
-        mon.run_until(worker, lambda: worker.positions.get(
-            next(iter(worker.positions))) == 200, timeout=60)
+        mon.run_until(
+            worker, lambda: worker.positions.get(next(iter(worker.positions))) == 200, timeout=60
+        )
         worker.checkpoint_and_commit()
         dead = [m for m in _dlq(mon, 1)]
         failed = worker.metrics.batch_failures
@@ -271,8 +286,9 @@ def test_alerts_resent_after_a_crash_repeat_their_id_and_travel_in_structured_mo
     mon.produce(mon.make("digits", 300) + mon.make("digits", 300, shift=2.0, start=300))
     worker = mon.worker(config)
     try:
-        mon.run_until(worker, lambda: worker.metrics.alerts.labels("digits", "drift")
-                      ._value.get() == 1)
+        mon.run_until(
+            worker, lambda: worker.metrics.alerts.labels("digits", "drift")._value.get() == 1
+        )
         worker.checkpoint_and_commit()
     finally:
         worker.close()
@@ -294,18 +310,47 @@ def test_alerts_resent_after_a_crash_repeat_their_id_and_travel_in_structured_mo
 
 
 # --- the record decoder under fuzzing: a record is decoded or refused, nothing else ----------
-_scalars = (st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats()
-            | st.text(max_size=40) | st.binary(max_size=80))
-_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
-                       | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
-_FIELDS = ["v", "model", "model_version", "id", "ts", "kind", "embedding", "prediction",
-           "scores", "label", "client_id", "input_digest", "features"]
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64)
+    | st.floats()
+    | st.text(max_size=40)
+    | st.binary(max_size=80)
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_FIELDS = [
+    "v",
+    "model",
+    "model_version",
+    "id",
+    "ts",
+    "kind",
+    "embedding",
+    "prediction",
+    "scores",
+    "label",
+    "client_id",
+    "input_digest",
+    "features",
+]
 
 
 @st.composite
 def _mutated(draw: st.DrawFn) -> bytes:
-    rec = R.Record(model="digits", record_id="r1", timestamp_ms=5,
-                   embedding=np.arange(4, dtype=np.float32), scores=np.ones(3, np.float32))
+    rec = R.Record(
+        model="digits",
+        record_id="r1",
+        timestamp_ms=5,
+        embedding=np.arange(4, dtype=np.float32),
+        scores=np.ones(3, np.float32),
+    )
     m = msgpack.unpackb(R.encode(rec))
     for key in draw(st.lists(st.sampled_from(_FIELDS), max_size=3)):
         if draw(st.booleans()):

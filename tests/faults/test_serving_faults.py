@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from monitor import localstack
-from tests.faults.conftest import SidecarProcess, consume, metric
+from tests.conftest import read_topic
+from tests.faults.conftest import SidecarProcess, metric
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ def wait_ids(address: str, topic: str, ids: set[str], timeout: float) -> set[str
     deadline = time.monotonic() + timeout
     got: set[str] = set()
     while time.monotonic() < deadline and not ids <= got:
-        got = {r.record_id for r in consume(address, topic, len(ids), 3)}
+        got = {r.record_id for r in read_topic(address, topic, len(ids), 3)}
     return got & ids
 
 
@@ -139,7 +140,7 @@ def test_item1_readiness_reports_a_stream_that_does_not_deliver(
         side = sidecar(broker.address, "faults.item1.ready", stream_stall_seconds=1.0)
         x = rows(1)
         assert binary_infer(side.url, x).status_code == 200
-        assert len(consume(broker.address, "faults.item1.ready", 1, 20)) == 1
+        assert len(read_topic(broker.address, "faults.item1.ready", 1, 20)) == 1
         broker.stop()
         deadline = time.monotonic() + 20
         doc: dict[str, Any] = {}

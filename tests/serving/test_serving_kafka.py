@@ -17,8 +17,9 @@ from fastapi.testclient import TestClient
 
 from monitor import localstack
 from monitor.config import Config
-from monitor.records import Record, decode
+from monitor.records import Record
 from serving.app import create_app
+from tests.conftest import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -47,40 +48,12 @@ def broker() -> Iterator[localstack.Service]:
 
 def consume(address: str, want: int, timeout: float) -> list[Record]:
     """Read every record on the topic from the start, without a consumer group (no join)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=[address],
-        group_id=None,
-        enable_auto_commit=False,
-        request_timeout_ms=5000,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        parts = None
-        while not parts and time.monotonic() < deadline:
-            parts = consumer.partitions_for_topic(TOPIC)
-            if not parts:
-                time.sleep(0.2)
-        assert parts, f"topic {TOPIC} never appeared"
-        tps = [TopicPartition(TOPIC, p) for p in parts]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list[Record] = []
-        while len(out) < want and time.monotonic() < deadline:
-            for msgs in consumer.poll(timeout_ms=200).values():
-                out.extend(decode(m.value) for m in msgs)
-        return out
-    finally:
-        consumer.close()
+    return read_topic(address, TOPIC, want, timeout)
 
 
 def ids_on(address: str, timeout: float) -> set[str]:
     """Record ids on the topic so far; empty while the topic does not exist yet."""
-    try:
-        return {r.record_id for r in consume(address, 10**6, timeout)}
-    except AssertionError:
-        return set()
+    return {r.record_id for r in consume(address, 10**6, timeout)}
 
 
 def digits_or_skip() -> Path:
