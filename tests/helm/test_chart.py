@@ -41,7 +41,7 @@ FULL = {
                 "extraVolumes": [{"name": "refs", "persistentVolumeClaim": {"claimName": "refs"}}],
                 "extraVolumeMounts": [{"name": "refs", "mountPath": "/references",
                                        "readOnly": True}]},
-    "sidecar": {"enabled": True, "replicas": 2},
+    "sidecar": {"enabled": True, "replicas": 2, "grpcPort": 9081},
     "podMonitor": {"enabled": True},
     "prometheusRule": {"runbookBaseUrl": "https://git.example/repwatch/tree/main"},
     "keda": {"enabled": True, "maxReplicas": 12, "authenticationRef": "kafka-auth"},
@@ -208,6 +208,22 @@ def test_generated_configuration_is_valid_and_reads_secrets_from_files(full_docs
     assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] == "rw-repwatch-checkpoints"
     assert volumes["secrets"]["secret"]["secretName"] == "rw-repwatch-secrets"
     assert "replicas" not in monitor["spec"]  # KEDA owns the replica count
+
+
+def _sidecar_ports(docs: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, int]]:
+    (side,) = [c for _, c in _containers(docs) if c["name"] == "sidecar"]
+    (svc,) = [d for d in _kinds(docs)["Service"] if d["metadata"]["name"].endswith("-sidecar")]
+    return ({p["name"]: p["containerPort"] for p in side["ports"]},
+            {p["targetPort"]: p["port"] for p in svc["spec"]["ports"]})
+
+
+def test_sidecar_grpc_port_reaches_config_container_and_service(full_docs: Any) -> None:
+    assert _config(full_docs).serving.grpc_port == 9081
+    assert _sidecar_ports(full_docs) == ({"http": 8080, "grpc": 9081},
+                                         {"http": 8080, "grpc": 9081})
+    rest_only = render({"sidecar": {"enabled": True}})
+    assert _config(rest_only).serving.grpc_port is None
+    assert _sidecar_ports(rest_only) == ({"http": 8080}, {"http": 8080})
 
 
 def test_existing_secret_is_used_and_not_created() -> None:

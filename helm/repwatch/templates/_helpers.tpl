@@ -61,6 +61,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $_ := set $monitor "admin_token" (dict "file" (printf "%s/admin-token" $secrets)) -}}
 {{- end -}}
 {{- $serving := dict "host" "0.0.0.0" "port" (int .Values.sidecar.port) "queue_size" (int .Values.sidecar.queueSize) -}}
+{{- if gt (int .Values.sidecar.grpcPort) 0 -}}
+{{- $_ := set $serving "grpc_port" (int .Values.sidecar.grpcPort) -}}
+{{- end -}}
 {{- if .Values.secrets.clientIdKey -}}
 {{- $_ := set $serving "client_id_key" (dict "file" (printf "%s/client-id-key" $secrets)) -}}
 {{- end -}}
