@@ -96,9 +96,15 @@ def row_ids(record_id: str, n: int) -> list[str]:
 
 
 class RecordBuilder:
-    def __init__(self, metrics: ServingMetrics, cache_size: int = 10000) -> None:
+    def __init__(
+        self, metrics: ServingMetrics, cache_size: int = 10000, max_rows: int | None = None
+    ) -> None:
         self.metrics = metrics
         self.cache_size = cache_size
+        # Tapped requests were never parsed on the request path (the upstream judged them):
+        # their rows are bounded here, as served requests' rows are at intake.
+        self.max_rows = max_rows
+        self._too_many_rows = metrics.records_dropped.labels("rows")
         self._cache: OrderedDict[tuple[str, str], tuple[NDArray[Any], str]] = OrderedDict()
         self._invalid = metrics.records_dropped.labels("invalid_record")
         self._unjoined = metrics.records_dropped.labels("unjoined_feedback")
@@ -111,7 +117,11 @@ class RecordBuilder:
             if isinstance(item, InferenceItem):
                 self._expand(item, rows)
             elif isinstance(item, TapItem):
-                self._expand_tap(item, rows)
+                try:
+                    self._expand_tap(item, rows)
+                except Exception as exc:  # whatever a tapped body holds, it loses only itself
+                    self._invalid.inc()
+                    log.debug("tap record %s dropped: %s", item.record_id, exc)
             elif isinstance(item, RecordsItem):
                 others.extend(item.records)
             else:
@@ -157,6 +167,12 @@ class RecordBuilder:
             self._invalid.inc()
             log.debug("tap record %s dropped: %s", item.record_id, exc)
             return
+        arr = tensor.array
+        n = arr.shape[0] if arr.ndim else 1
+        if self.max_rows is not None and n > self.max_rows:
+            self._too_many_rows.inc(n)
+            log.debug("tap record %s dropped: %d rows, limit %d", item.record_id, n, self.max_rows)
+            return
         logits = None
         try:
             outs = parse_response_outputs(item.response_body, item.response_header_length)
@@ -165,8 +181,6 @@ class RecordBuilder:
                     logits = t.array
         except (OIPError, ValueError):
             pass  # the prediction is optional; the embedding is what the record is for
-        arr = tensor.array
-        n = arr.shape[0] if arr.ndim else 1
         if logits is not None and (logits.ndim == 0 or logits.shape[0] != n):
             logits = None
         for i, rid in enumerate(row_ids(item.record_id, n)):

@@ -110,7 +110,7 @@ class Sidecar:
         self.queue = RecordQueue(s.queue_size, self.metrics)
         self.stream = RecordStream(
             self.queue,
-            RecordBuilder(self.metrics, s.feedback_cache_size),
+            RecordBuilder(self.metrics, s.feedback_cache_size, self.limits.max_rows),
             producer_factory
             or ProcessTransport(
                 producer_options_for(config, **(producer_options or {})), s.kafka_client

@@ -22,6 +22,7 @@ DROP_REASONS = (
     "shutdown",  # still queued or in flight when the shutdown deadline passed
     "too_large",  # over serving.limits.max_record_bytes, or refused by the client as too large
     "send_error",  # refused by the Kafka client for another per-record reason (never retried)
+    "rows",  # a tapped request with more rows than serving.limits.max_rows (its upstream took it)
 )
 
 

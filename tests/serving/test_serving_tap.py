@@ -145,3 +145,30 @@ def test_tap_needs_an_encoder(tiny_models: dict[str, Path]) -> None:
     )
     with pytest.raises(ValueError, match="tap mode needs encoder_path"):
         create_app(config)
+
+
+def test_tapped_request_over_the_row_limit_is_answered_but_not_streamed(
+    upstream: Any, tiny_models: dict[str, Path], capture: Any
+) -> None:
+    """The upstream decides what it serves; the sidecar still bounds the records it builds."""
+    config = Config.model_validate(
+        {
+            "models": [
+                {"name": "tiny", "upstream_url": upstream.url,
+                 "encoder_path": str(tiny_models["encoder"])}
+            ],
+            "serving": {"limits": {"max_rows": 3}},
+        }
+    )
+    many = np.tile(X, (4, 1))  # 8 rows: the upstream takes them, the tap's records refuse them
+    app = create_app(config, producer_factory=capture)
+    with TestClient(app) as client:
+        big = client.post("/v2/models/tiny/infer", content=json_body(many))
+        small = client.post("/v2/models/tiny/infer", content=json_body(X))
+        assert big.status_code == 200 and len(big.json()["outputs"][0]["data"]) > 0
+        assert small.status_code == 200
+        records = [decode(v) for _, _, v in capture.wait(2)]
+        rid = small.headers["x-repwatch-record-id"]
+        assert [r.record_id for r in records] == [f"{rid}:0", f"{rid}:1"]
+        text = client.get("/metrics").text
+    assert 'repwatch_serving_records_dropped_total{reason="rows"} 8.0' in text
