@@ -1,0 +1,77 @@
+"""After the phases: the verdict per incident, the HTML report, the Prometheus/Alertmanager view."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from monitor.demo import incidents as I
+from monitor.demo.stack import promql, wait
+
+
+def summarise(outcomes: list[I.Outcome], false_alarms: list[I.SeenAlert],
+              alerts: list[I.SeenAlert], problems: list[str]) -> None:
+    print("\nincidents:")
+    for o in outcomes:
+        if not o.available:
+            print(f"  {o.incident.title}: {o.reason}")
+        elif o.start_ms is None:
+            print(f"  {o.incident.title}: not run")
+        elif o.detected:
+            print(f"  {o.incident.title}: DETECTED by {o.detector} {o.delay_s:.1f} s after it "
+                  f"started (alert {o.alert_id}, evidence {', '.join(o.evidence[:3])}, ...)")
+        else:
+            print(f"  {o.incident.title}: MISSED")
+    print(f"clean phase: {len(false_alarms)} false alarm(s)")
+    print(f"alerts: {[(a.kind, a.detector) for a in alerts]}")
+    for p in problems:
+        print(f"PROBLEM: {p}")
+
+
+def report(path: str, config: Any, data: Any, phases: list[I.Phase], alerts: list[I.SeenAlert],
+           outcomes: list[I.Outcome], false_alarms: list[I.SeenAlert], problems: list[str],
+           broker: str, topics: dict[str, str]) -> Path:
+    from monitor.demo.analysis import analyse
+    from monitor.demo.report import ReportInput, write
+    from monitor.demo.topics import read_records
+    from monitor.reference import fit_reference
+    from monitor.version import version
+
+    model = config.models[0]
+    window = read_records(broker, topics["records"], model.name,
+                          since_ms=phases[0].start_ms if phases else 0)
+    ref = fit_reference(model, data.reference, "demo reference")
+    sizes = {d.name: int(d.window.size) for d in model.detectors if d.window is not None}
+    analysis = analyse(ref, sizes, phases, window.X, window.ts_ms)
+    conditions = (f"repwatch {version()} on {platform.node()} ({platform.machine()}, "
+                  f"Python {platform.python_version()}); {data.description}; detectors "
+                  + "; ".join(f"{d.name} {json.dumps(d.params)} window "
+                              f"{d.window.size if d.window else 'default'}"
+                              for d in model.detectors)
+                  + f"; {window.undecodable} undecodable record(s) skipped")
+    out = write(ReportInput(
+        title="repwatch demo report", conditions=conditions, phases=tuple(phases),
+        alerts=tuple(alerts), outcomes=tuple(outcomes), false_alarms=tuple(false_alarms),
+        problems=tuple(problems), analysis=analysis, links={}), Path(path))
+    print(f"report: {out.resolve()}")
+    return out
+
+
+def platform_checks(prom_url: str, receiver: Any, processed: int) -> None:
+    """What Prometheus and Alertmanager saw of the same run (once it scraped every record)."""
+    queries = ['repwatch_drift_detected{model="digits"}',
+               'sum by (model) (repwatch_records_processed_total)',
+               'repwatch_ood_records_flagged_total{model="digits"}',
+               'sum by (model) (repwatch_serving_records_sent_total)']
+    wait(lambda: bool(promql(prom_url, f"sum(repwatch_records_processed_total) >= {processed}")),
+         15)
+    print("\nPrometheus:")
+    for q in queries:
+        answer = [(r["metric"].get("detector", r["metric"].get("model")), r["value"][1])
+                  for r in promql(prom_url, q)]
+        print(f"  {q} -> {answer}")
+    posts = receiver.wait("/alertmanager", 20)
+    names = sorted({a["labels"]["alertname"] for _, b in posts for a in json.loads(b)["alerts"]})
+    print(f"Alertmanager notified: {names or 'nothing yet'}")
