@@ -35,7 +35,8 @@ def register(sub: Any) -> None:
     p.add_argument("--rate", type=float, default=250.0,
                    help="records per second sent through the sidecar (paces each phase)")
     p.add_argument("--kafka", metavar="HOST:PORT", default=None,
-                   help="use this existing broker instead of starting the bundled one")
+                   help="use this existing broker, with topics and a consumer group of this run "
+                   "only (default: start the bundled Tansu broker)")
     p.add_argument("--report", default="repwatch-demo-report.html",
                    help="where to write the HTML report")
     p.add_argument("--plain", action="store_true",
