@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "monitor.cli_monitor",
     "serving.encoders.cli",
     "monitor.cli_dashboards",
+    "monitor.cli_report",
 )
 
 

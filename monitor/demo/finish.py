@@ -1,4 +1,7 @@
-"""After the phases: the verdict per incident, the HTML report, the Prometheus/Alertmanager view."""
+"""After the phases: the verdict per incident, the HTML report, the Prometheus/Alertmanager view.
+
+:func:`write_report` is shared with ``repwatch report`` (a running system's topics).
+"""
 
 from __future__ import annotations
 
@@ -30,31 +33,43 @@ def summarise(outcomes: list[I.Outcome], false_alarms: list[I.SeenAlert],
         print(f"PROBLEM: {p}")
 
 
-def report(path: str, config: Any, data: Any, phases: list[I.Phase], alerts: list[I.SeenAlert],
-           outcomes: list[I.Outcome], false_alarms: list[I.SeenAlert], problems: list[str],
-           broker: str, topics: dict[str, str]) -> Path:
+def write_report(path: str | Path, model: Any, ref: Any, phases: list[I.Phase],
+                 alerts: list[I.SeenAlert], window: Any, source: str) -> Path:
+    """Score ``window`` (:class:`monitor.demo.topics.RecordWindow`) and write the report."""
     from monitor.demo.analysis import analyse
     from monitor.demo.report import ReportInput, write
-    from monitor.demo.topics import read_records
-    from monitor.reference import fit_reference
     from monitor.version import version
 
-    model = config.models[0]
-    window = read_records(broker, topics["records"], model.name,
-                          since_ms=phases[0].start_ms if phases else 0)
-    ref = fit_reference(model, data.reference, "demo reference")
+    outcomes, false_alarms = I.attribute(phases, alerts)
+    _, problems = I.verdict(outcomes, false_alarms, {p.incident for p in phases if p.incident})
     sizes = {d.name: int(d.window.size) for d in model.detectors if d.window is not None}
     analysis = analyse(ref, sizes, phases, window.X, window.ts_ms)
+    path = Path(path)
+    links: dict[str, str] = {}  # alert id -> a page linked from its row (none in this build)
     conditions = (f"repwatch {version()} on {platform.node()} ({platform.machine()}, "
-                  f"Python {platform.python_version()}); {data.description}; detectors "
+                  f"Python {platform.python_version()}); {source}; detectors "
                   + "; ".join(f"{d.name} {json.dumps(d.params)} window "
                               f"{d.window.size if d.window else 'default'}"
                               for d in model.detectors)
                   + f"; {window.undecodable} undecodable record(s) skipped")
     out = write(ReportInput(
-        title="repwatch demo report", conditions=conditions, phases=tuple(phases),
+        title=f"repwatch report: {model.name}", conditions=conditions, phases=tuple(phases),
         alerts=tuple(alerts), outcomes=tuple(outcomes), false_alarms=tuple(false_alarms),
-        problems=tuple(problems), analysis=analysis, links={}), Path(path))
+        problems=tuple(problems), analysis=analysis, links=links), path)
+    return out
+
+
+def report(path: str, config: Any, data: Any, phases: list[I.Phase],
+           alerts: list[I.SeenAlert]) -> Path:
+    """The demo's report, from the records the monitor consumed."""
+    from monitor.demo.topics import read_records
+    from monitor.reference import fit_reference
+
+    model = config.models[0]
+    window = read_records(config.kafka, config.topics.records, model.name,
+                          since_ms=phases[0].start_ms if phases else None)
+    ref = fit_reference(model, data.reference, "demo reference")
+    out = write_report(path, model, ref, phases, alerts, window, data.description)
     print(f"report: {out.resolve()}")
     return out
 

@@ -200,8 +200,7 @@ def run(args: argparse.Namespace) -> int:
             from monitor.demo import finish
 
             finish.summarise(outcomes, false_alarms, watch.seen, problems)
-            finish.report(args.report, config, data, phases, watch.seen, outcomes,
-                          false_alarms, problems, broker, topics)
+            finish.report(args.report, config, data, phases, watch.seen)
             finish.platform_checks(prom.url, receiver, worker.processed)
     except KeyboardInterrupt:
         interrupted = True

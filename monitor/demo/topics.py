@@ -1,7 +1,8 @@
 """Read back what a running system wrote: alert CloudEvents and a window of records.
 
-Shared by the demo and ``repwatch report``. Reads are bounded (``max_records``) and a record
-that does not decode is counted and skipped, never fatal.
+Shared by the demo and ``repwatch report``; connection settings (SASL, TLS) come from the
+configuration's ``kafka`` section. Reads are bounded (``max_records``, ``max_events``) and a
+record or event that does not decode is counted and skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -22,62 +23,69 @@ class RecordWindow:
     undecodable: int
 
 
-def _consumer(broker: str, topic: str, timeout_ms: int) -> Any:
+def read_alerts(kafka: Any, topic: str, since_ms: int | None = None,
+                until_ms: int | None = None, max_events: int = 10_000,
+                timeout_ms: int = 3000) -> tuple[list[tuple[dict[str, Any], int]], int]:
+    """(alert CloudEvents on ``topic`` with the broker timestamp of each, undecodable count)."""
     from kafka import KafkaConsumer
 
-    return KafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest",
-                         consumer_timeout_ms=timeout_ms, enable_auto_commit=False)
+    from monitor.kafka_io import client_kwargs
 
-
-def read_alerts(broker: str, topic: str, timeout_ms: int = 3000,
-                max_events: int = 10_000) -> list[tuple[dict[str, Any], int]]:
-    """Alert CloudEvents on ``topic`` with the broker's timestamp (ms) of each."""
-    c = _consumer(broker, topic, timeout_ms)
+    c = KafkaConsumer(topic, auto_offset_reset="earliest", consumer_timeout_ms=timeout_ms,
+                      enable_auto_commit=False, **client_kwargs(kafka))
     out: list[tuple[dict[str, Any], int]] = []
+    bad = 0
     try:
         for m in c:
             try:
                 event = json.loads(m.value)
             except ValueError:
+                bad += 1
                 continue
-            if isinstance(event, dict) and "type" in event and "data" in event:
+            if not (isinstance(event, dict) and isinstance(event.get("data"), dict)
+                    and "type" in event):
+                bad += 1
+                continue
+            # In the window when the records it judged are (event time), else when it arrived.
+            window = event["data"].get("window")
+            last = window.get("last_ts_ms") if isinstance(window, dict) else None
+            at = int(last) if isinstance(last, int) else int(m.timestamp)
+            if (since_ms is None or at >= since_ms) and (until_ms is None or at <= until_ms):
                 out.append((event, int(m.timestamp)))
             if len(out) >= max_events:
                 break
     finally:
         c.close()
-    return out
+    return out, bad
 
 
-def read_records(broker: str, topic: str, model: str, kind: str = "inference",
-                 since_ms: int = 0, until_ms: int | None = None, max_records: int = 200_000,
-                 timeout_ms: int = 3000) -> RecordWindow:
-    """Records of ``model`` and ``kind`` with event time in [since_ms, until_ms], stream order."""
+def read_records(kafka: Any, topic: str, model: str, since_ms: int | None = None,
+                 until_ms: int | None = None, max_records: int = 200_000) -> RecordWindow:
+    """Inference records of ``model`` with event time in [since_ms, until_ms], stream order."""
     from monitor import records as R
+    from monitor.kafka_io import read_range
 
-    c = _consumer(broker, topic, timeout_ms)
     ids: list[str] = []
     ts: list[int] = []
     rows: list[NDArray[Any]] = []
     bad = 0
-    try:
-        for m in c:
-            try:
-                r = R.decode(m.value)
-            except R.RecordError:
-                bad += 1
-                continue
-            if r.model != model or r.kind != kind or r.timestamp_ms < since_ms:
-                continue
-            if until_ms is not None and r.timestamp_ms > until_ms:
-                continue
-            ids.append(r.record_id)
-            ts.append(r.timestamp_ms)
-            rows.append(np.asarray(r.embedding, dtype=np.float64))
-            if len(ids) >= max_records:
-                break
-    finally:
-        c.close()
+    for value in read_range(kafka, topic, start_ms=since_ms, end_ms=None,
+                            max_messages=max_records * 2):
+        try:
+            r = R.decode(value)
+        except R.RecordError:
+            bad += 1
+            continue
+        if r.model != model or r.kind != "inference":
+            continue
+        if (since_ms is not None and r.timestamp_ms < since_ms) or (
+                until_ms is not None and r.timestamp_ms > until_ms):
+            continue
+        ids.append(r.record_id)
+        ts.append(r.timestamp_ms)
+        rows.append(np.asarray(r.embedding, dtype=np.float64))
+        if len(ids) >= max_records:
+            break
     dim = rows[0].shape[0] if rows else 0
     return RecordWindow(tuple(ids), np.asarray(ts, dtype=np.int64),
                         np.vstack(rows) if rows else np.zeros((0, dim)), bad)

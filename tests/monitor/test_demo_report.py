@@ -136,3 +136,43 @@ def test_live_view_on_a_terminal_shows_states_and_alert_delays() -> None:
     text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.decode(errors="replace"))
     assert "ALERT" in text and "1.5 s after incident 'drift' started" in text
     assert text.count("not available in this build") >= 3 and "quiet" in text
+
+
+@pytest.mark.integration
+def test_repwatch_report_from_a_running_systems_topics(mon, tmp_path) -> None:
+    import dataclasses
+    import time
+
+    from monitor.cli import main
+    from monitor.config import dump_config
+
+    config = mon.config([
+        {"name": "drift.mmd", "params": {"n_permutations": 100, "seed": 0},
+         "window": {"kind": "count", "size": 200, "min_records": 50}},
+        {"name": "ood.knn", "params": {"k": 5, "fpr": 0.01},
+         "window": {"kind": "count", "size": 200}, "min_flagged_fraction": 0.1},
+    ])
+    t0 = int(time.time() * 1000) - 60_000
+    recs = mon.make("digits", 400, seed=3) + mon.make("digits", 400, start=400, shift=1.5)
+    mon.produce([dataclasses.replace(r, timestamp_ms=t0 + 10 * i) for i, r in enumerate(recs)])
+    worker = mon.worker(config)
+    mon.run_until(worker, lambda: worker.processed >= 800)
+    worker.stop()
+    assert mon.read(mon.alerts_topic, 1)  # the drift alert is on the topic
+    path = tmp_path / "repwatch.yaml"
+    path.write_text(dump_config(config))
+    out = tmp_path / "report.html"
+    args = ["report", "--config", str(path), "--since", str(t0), "--until", str(t0 + 8_000),
+            "--phase", f"clean={t0}", "--phase", f"drift={t0 + 4_000}", "--out", str(out)]
+    assert main(args) == 0
+    page = out.read_text()
+    charts = re.findall(r'data-chart="([^"]+)"', page)
+    assert charts == ["timeline", "drift:drift.mmd", "scores:ood.knn", "roc:drift.mmd",
+                      "roc:ood.knn"]
+    assert page.count("class=ok>yes<") == 1  # the drift incident, caught
+    assert "False alarms in the clean phase: none" in page and "800 records" in page
+    # Bad input names the problem: exit 2, nothing written.
+    bad = tmp_path / "bad.html"
+    assert main([*args[:-1], str(bad), "--phase", "nonsense"]) == 2
+    assert main(["report", "--config", str(path), "--since", "yesterday", "--out", str(bad)]) == 2
+    assert not bad.exists()
