@@ -101,6 +101,7 @@ def _embeddings(
         try:
             sess, X, ref, split = _digits()
             emb = sess.run(["embedding"], {"input": X})[0].astype(np.float32)
+            ref = emb[split["train"] + split["val"]]  # float32, as the stream carries
             test_idx, ood_idx = np.asarray(split["test"]), np.asarray(split["ood"])
             clean_idx = test_idx[rng.integers(0, len(test_idx), n)]
             mixed_idx = np.where(rng.random(n) < 0.6, ood_idx[rng.integers(0, len(ood_idx), n)],
