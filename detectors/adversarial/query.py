@@ -294,6 +294,11 @@ class QueryAttackDetector(Detector):
         """Clients currently remembered (at most ``max_clients``)."""
         return 0 if self._state is None else len(self._state.slots)
 
+    @property
+    def n_evicted(self) -> int:
+        """Clients evicted so far (the least recently seen, when ``max_clients`` are held)."""
+        return 0 if self._state is None else int(self._state.epoch.sum())
+
     def memory_bytes(self) -> int:
         """Bytes held by the per-client memory and the global index."""
         return 0 if self._state is None else self._state.nbytes()
