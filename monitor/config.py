@@ -148,6 +148,30 @@ class DetectorConfig(_Model):
         3600.0, gt=0, description="key: client — evict a client idle this long (event time)")
 
 
+class InputHashConfig(_Model):
+    """Window hashes of the raw input, streamed for the query-attack detector (``input_hashes``).
+
+    The sidecar computes :func:`detectors.adversarial.hashing.window_hashes` of each request row
+    with these parameters; a reference for ``adversarial.query`` must be hashed with the same
+    ones (``monitor.reference`` does it from a raw ``inputs`` array).
+    """
+
+    value_range: tuple[float, float] = Field(
+        (0.0, 1.0), description="range of the raw input values (digits pixels: [0, 16])")
+    levels: int = Field(16, ge=2, le=256, description="quantisation levels")
+    window: int = Field(4, ge=1, le=64, description="values per hashed window")
+    stride: int = Field(1, ge=1, le=64, description="step between windows")
+    seed: int = Field(0, ge=0, lt=1 << 20)
+
+    @model_validator(mode="after")
+    def _range(self) -> InputHashConfig:
+        lo, hi = self.value_range
+        if not hi > lo:
+            raise ValueError(f"value_range must be [low, high] with high > low, got "
+                             f"{list(self.value_range)}")
+        return self
+
+
 class ModelConfig(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     version: str = "1"
@@ -156,6 +180,11 @@ class ModelConfig(_Model):
     input_name: str | None = None
     embedding_output: str = "embedding"
     logits_output: str | None = None
+    penultimate_output: str | None = Field(
+        None, description="stream this output of the task graph as the record's named feature "
+        "`penultimate` (the adversarial detectors' features view)")
+    input_hashes: InputHashConfig | None = Field(
+        None, description="stream window hashes of the raw input (adversarial.query)")
     encoder_path: Path | None = Field(None, description="separate SSL encoder ONNX graph")
     tokenizer: Path | None = Field(
         None, description="text model: tokenizer.json; requests send one BYTES input (strings)"

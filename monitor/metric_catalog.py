@@ -177,6 +177,32 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("repwatch_detector_compute_seconds", "histogram",
                "Detector compute time per call.", DET, "seconds", "monitor", "health",
                COMPUTE_BUCKETS),
+    # ---- monitor: security stages (monitor/security.py) ------------------------------------
+    _c("repwatch_security_records_scored_total", "Records judged by a security stage "
+       "(adversarial: inference records; attack: client queries; poisoning: feedback records "
+       "of closed windows).", DET, "monitor", "security", "records"),
+    _c("repwatch_security_records_flagged_total", "Records a security stage flagged "
+       "(adversarial inputs, queries matching earlier ones, suspicious feedback).", DET,
+       "monitor", "security", "records"),
+    _c("repwatch_attack_records_duplicate_total", "Queries skipped by the query-attack stage "
+       "as exact repeats of one in the client's memory.", DET, "monitor", "security",
+       "records"),
+    _c("repwatch_attack_clients_alerted_total", "Clients whose recent queries crossed the "
+       "query-attack count rule (one per attacking client and episode).", DET, "monitor",
+       "security"),
+    _g("repwatch_attack_clients_tracked", "Client pseudonyms held in the query-attack "
+       "detector's bounded memory.", DET, "monitor", "security"),
+    _c("repwatch_attack_clients_evicted_total", "Clients evicted from the query-attack memory "
+       "(least recently seen, at max_clients).", DET, "monitor", "security"),
+    _g("repwatch_attack_state_bytes", "Bytes of the query-attack detector's per-client memory "
+       "and global hash index.", DET, "monitor", "security", "bytes"),
+    _c("repwatch_poisoning_windows_total", "Feedback windows judged by a poisoning stage.",
+       DET, "monitor", "security"),
+    _g("repwatch_poisoning_rate", "Estimated poisoned share of the last closed feedback "
+       "window (flagged share corrected for the false-positive rate).", DET, "monitor",
+       "security"),
+    _g("repwatch_poisoning_p_value", "Binomial p-value of the last feedback window's flags "
+       "against the clean false-positive rate.", DET, "monitor", "security"),
     # ---- monitor: alerts -------------------------------------------------------------------
     _c("repwatch_alerts_total", "Alerts raised (after de-duplication), by alert type.",
        ("model", "type"), "monitor", "alerts"),

@@ -34,10 +34,12 @@ from numpy.typing import NDArray
 from detectors.base import Detector, KeyedDetector, RecordDetector, StreamingDetector
 from detectors.drift.base import DriftDetector
 from monitor import records as R
+from monitor import security_fit
 from monitor.batch import BUILTIN_INPUTS, KIND_CODES, RecordBatch
 from monitor.config import Config, DetectorConfig, ModelConfig
 from monitor.keyed import KeyedStage
 from monitor.reference import ReferenceSet, detector_ids
+from monitor.security import security_stage
 from monitor.stages import (
     Consumes,
     Observation,
@@ -67,12 +69,17 @@ def default_input(input_kind: str, records: str) -> str:
 
 def consumes_of(dc: DetectorConfig, det_cls: type[Detector]) -> Consumes:
     """What a configured detector's stage consumes (config, else the detector's input kind)."""
+    if security_fit.is_security(det_cls):
+        return Consumes(kind=dc.records, input=dc.input or security_fit.default_input(det_cls),
+                        key=dc.key)
     inp = dc.input or default_input(det_cls.input_kind, dc.records)
     return Consumes(kind=dc.records, input=inp, key=dc.key)
 
 
 def input_problem(dc: DetectorConfig, det_cls: type[Detector]) -> str | None:
     """Why a detector cannot run as configured, with the fix; ``None`` when it can."""
+    if security_fit.is_security(det_cls):
+        return security_fit.security_problem(dc, det_cls)
     c = consumes_of(dc, det_cls)
     kind = det_cls.input_kind
     allowed = _ALLOWED.get(kind, {"embedding"})
@@ -113,6 +120,9 @@ def check_inputs(config: Config) -> list[str]:
 def stage_for(det_id: str, det: Any, cfg: DetectorConfig, pipe: Pipeline,
               state_dir: Path | None) -> Stage | None:
     consumes = consumes_of(cfg, type(det))
+    secure = security_stage(det_id, det, cfg, pipe, consumes)
+    if secure is not None:
+        return secure
     if consumes.key == "client":
         return KeyedStage(det_id, det, cfg, pipe, consumes,
                           None if state_dir is None else state_dir / det_id.replace("#", "_"))

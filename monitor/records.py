@@ -47,8 +47,9 @@ MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: inside int64, and p
 MAX_STR = 1024  # characters of id, model_version, client_id and string labels/predictions
 MAX_MODEL = 255  # characters of the model name (a Kafka key and a metric label)
 MAX_FEATURES = 16  # named feature vectors per record
+MAX_HASHES = 4096  # input_hashes per record (window hashes of the raw input, uint64 each)
 LIMITS = {"ts": (0, MAX_TS_MS), "str": MAX_STR, "model": MAX_MODEL, "dim": MAX_DIM,
-          "features": MAX_FEATURES}
+          "features": MAX_FEATURES, "hashes": MAX_HASHES}
 WireTensor = tuple[str, int, bytes]  # (dtype code, dim, raw little-endian bytes)
 
 Prediction = int | float | str | list[int] | list[float] | None
@@ -81,6 +82,7 @@ class Record:
     input_digest: bytes | None = None
     schema_version: int = SCHEMA_VERSION
     features: dict[str, NDArray[np.floating[Any]]] | None = None  # e.g. {"penultimate": ...}
+    input_hashes: NDArray[np.uint64] | None = None  # window hashes of the raw input (uint64)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Record):
@@ -161,6 +163,7 @@ def pack_fields(
     client_id: str | None = None,
     input_digest: bytes | None = None,
     features: dict[str, WireTensor] | None = None,
+    input_hashes: bytes | None = None,
     packer: msgpack.Packer | None = None,
 ) -> bytes:
     """Validate plain field values and pack one v1 record (the single encoder of the format)."""
@@ -205,10 +208,25 @@ def pack_fields(
         for k in features:
             _check_str("features", k, 64, empty=False)
         m["features"] = {k: _wire(t) for k, t in features.items()}
+    if input_hashes is not None:
+        _check_hashes(input_hashes)
+        m["input_hashes"] = bytes(input_hashes)
     try:
         return (packer or _PACKER).pack(m)
     except (TypeError, ValueError, OverflowError) as exc:
         raise RecordError("prediction", f"cannot be encoded: {exc}") from None
+
+
+def _check_hashes(data: Any) -> None:
+    if not isinstance(data, bytes):
+        raise RecordError("input_hashes", f"must be bytes, got {type(data).__name__}")
+    if len(data) % 8 or not 0 < len(data) <= 8 * MAX_HASHES:
+        raise RecordError("input_hashes", f"has {len(data)} bytes; it holds 1..{MAX_HASHES} "
+                          "little-endian uint64 values (a multiple of 8 bytes)")
+
+
+def _hashes(data: bytes | None) -> NDArray[np.uint64] | None:
+    return None if data is None else np.frombuffer(data, dtype="<u8").astype(np.uint64)
 
 
 def encode(record: Record) -> bytes:
@@ -228,6 +246,8 @@ def encode(record: Record) -> bytes:
         features=None if not record.features else {
             k: _tensor(f"features.{k}", v) for k, v in record.features.items()
         },
+        input_hashes=None if record.input_hashes is None
+        else np.ascontiguousarray(record.input_hashes, dtype="<u8").tobytes(),
     )
 
 
@@ -307,6 +327,10 @@ def _decode_map(m: Any, *, check_finite: bool = True) -> Record:
             and len(m.get("input_digest", b"")) <= 64
             and type(m.get("prediction", 0)) in (int, float, list)
         )
+        hashes = m.get("input_hashes")
+        if ok and hashes is not None:
+            ok = type(hashes) is bytes and 0 < len(hashes) <= 8 * MAX_HASHES and not len(
+                hashes) % 8
         if ok and sc is not None:
             sdtype = _DTYPES[sc["dtype"]]
             sdim, sdata = sc["dim"], sc["data"]
@@ -344,6 +368,7 @@ def _decode_map(m: Any, *, check_finite: bool = True) -> Record:
         input_digest=m.get("input_digest"),
         schema_version=SCHEMA_VERSION,
         features=None,
+        input_hashes=_hashes(hashes),
     )
     return rec
 
@@ -401,6 +426,9 @@ def _decode_map_checked(m: Any, *, check_finite: bool = True) -> Record:
     if isinstance(pred, list) and len(pred) > MAX_DIM:
         raise RecordError("prediction", f"has {len(pred)} values, the limit is {MAX_DIM}")
     scores = m.get("scores")
+    hashes = m.get("input_hashes")
+    if hashes is not None:
+        _check_hashes(hashes)
     model = _require(m, "model", str)
     _check_str("model", model, MAX_MODEL, empty=False)
     model_version = _require(m, "model_version", str)
@@ -421,6 +449,7 @@ def _decode_map_checked(m: Any, *, check_finite: bool = True) -> Record:
         input_digest=digest,
         schema_version=version,
         features=_decode_features(m.get("features"), check_finite),
+        input_hashes=_hashes(hashes),
     )
 
 

@@ -102,6 +102,7 @@ def fit_reference(cfg: ModelConfig, X: NDArray[Any], source: str,
     detectors that read something else, on ``inputs[<their input>]``)."""
     from detectors.base import registered
     from monitor.pipeline import consumes_of
+    from monitor.security_fit import fit_security, is_security
 
     reg = registered()
     X = np.asarray(X, dtype=np.float64)
@@ -117,6 +118,9 @@ def fit_reference(cfg: ModelConfig, X: NDArray[Any], source: str,
                 f"model {cfg.name!r}: detector {dc.name!r} is not registered; "
                 f"known: {sorted(reg)}"
             )
+        if is_security(reg[dc.name]):
+            fitted[det_id] = fit_security(det_id, dc, reg[dc.name], inputs, cfg, source)
+            continue
         want = consumes_of(dc, reg[dc.name]).input
         data = inputs.get(want)
         if data is None:

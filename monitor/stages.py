@@ -77,7 +77,27 @@ class RecordScores:
     scores: NDArray[np.float64] = field(repr=False)
 
 
-Observation = WindowTest | RecordScores
+@dataclass(frozen=True)
+class SecurityCounts:
+    """One update of a security stage (:mod:`monitor.security`): records judged and flagged,
+    and, per family, clients (``attack``) or the window's poisoning rate (``poisoning``)."""
+
+    detector: str
+    stage: str
+    family: str  # adversarial | attack | poisoning
+    seconds: float
+    records: int
+    flagged: int
+    duplicates: int = 0  # attack: exact repeats skipped
+    clients_alerted: int = 0
+    clients_tracked: int = 0
+    clients_evicted: int = 0  # attack: clients evicted in this update
+    state_bytes: int = 0
+    poison_rate: float | None = None
+    p_value: float | None = None
+
+
+Observation = WindowTest | RecordScores | SecurityCounts
 
 
 @dataclass

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from monitor import metric_catalog as catalog
 from monitor.metrics import declare, register_standard
-from monitor.stages import Observation, RecordScores, WindowTest
+from monitor.stages import Observation, RecordScores, SecurityCounts, WindowTest
 
 SCORE = catalog.get("repwatch_ood_score")
 
@@ -106,6 +106,16 @@ class MonitorMetrics:
         self.checkpoint_age = m("repwatch_checkpoint_age_seconds")
         self.checkpoint_age.set_function(lambda: time.time() - self.last_checkpoint)
         self.reference_replaced = m("repwatch_reference_replacements_total")
+        self.sec_scored = m("repwatch_security_records_scored_total")
+        self.sec_flagged = m("repwatch_security_records_flagged_total")
+        self.attack_duplicates = m("repwatch_attack_records_duplicate_total")
+        self.attack_alerted = m("repwatch_attack_clients_alerted_total")
+        self.attack_tracked = m("repwatch_attack_clients_tracked")
+        self.attack_evicted = m("repwatch_attack_clients_evicted_total")
+        self.attack_bytes = m("repwatch_attack_state_bytes")
+        self.poison_windows = m("repwatch_poisoning_windows_total")
+        self.poison_rate = m("repwatch_poisoning_rate")
+        self.poison_p = m("repwatch_poisoning_p_value")
 
     def observe(self, model: str, version: str, obs: Observation) -> None:
         labels = (model, version, obs.detector)
@@ -123,12 +133,35 @@ class MonitorMetrics:
             if obs.flagged:
                 self.ood_flagged.labels(*labels).inc(obs.flagged)
             self.scores.observe(labels, obs.scores)
+        elif isinstance(obs, SecurityCounts):
+            self._security(labels, obs)
+
+    def _security(self, labels: tuple[str, str, str], obs: SecurityCounts) -> None:
+        self.sec_scored.labels(*labels).inc(obs.records)
+        self.sec_flagged.labels(*labels).inc(obs.flagged)
+        if obs.family == "attack":
+            self.attack_duplicates.labels(*labels).inc(obs.duplicates)
+            self.attack_alerted.labels(*labels).inc(obs.clients_alerted)
+            self.attack_evicted.labels(*labels).inc(obs.clients_evicted)
+            self.attack_tracked.labels(*labels).set(obs.clients_tracked)
+            self.attack_bytes.labels(*labels).set(obs.state_bytes)
+        elif obs.family == "poisoning":
+            self.poison_windows.labels(*labels).inc()
+            if obs.poison_rate is not None:
+                self.poison_rate.labels(*labels).set(obs.poison_rate)
+            if obs.p_value is not None:
+                self.poison_p.labels(*labels).set(obs.p_value)
+
+    def _security_metrics(self) -> tuple[Any, ...]:
+        return (self.sec_scored, self.sec_flagged, self.attack_duplicates, self.attack_alerted,
+                self.attack_tracked, self.attack_evicted, self.attack_bytes, self.poison_windows,
+                self.poison_rate, self.poison_p)
 
     def forget_version(self, model: str, version: str, detectors: list[str]) -> None:
         """Drop the series of a model version whose pipeline was evicted (bounded labels)."""
         for metric in (self.drift_statistic, self.drift_threshold, self.drift_p_value,
                        self.drift_effect, self.drift_detected, self.drift_tests, self.compute,
-                       self.ood_scored, self.ood_flagged):
+                       self.ood_scored, self.ood_flagged, *self._security_metrics()):
             for d in detectors:
                 _remove(metric, model, version, d)
         self.scores.forget(model, version)

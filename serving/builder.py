@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.records import Label, Record, RecordError, encode, pack_fields
+from monitor.records import MAX_HASHES, Label, Record, RecordError, encode, pack_fields
 from serving.metrics import ServingMetrics
 from serving.models import Inference, ServedModel
 from serving.oip import OIPError, Tensor, parse_request, parse_response_outputs
@@ -44,12 +44,14 @@ class InferenceItem:
     embeddings: NDArray[Any] | None
     logits: NDArray[Any] | None
     client_id: str | None
+    penultimate: NDArray[Any] | None = None
 
     @classmethod
     def of(
         cls, model: ServedModel, record_id: str, ts: int, inf: Inference, client: str | None
     ) -> InferenceItem:
-        return cls(model, record_id, ts, inf.inputs, inf.embeddings, inf.logits, client)
+        return cls(model, record_id, ts, inf.inputs, inf.embeddings, inf.logits, client,
+                   inf.penultimate)
 
 
 @dataclass(slots=True)
@@ -88,6 +90,7 @@ class _Row:
     embedding: NDArray[Any] | None
     logits: NDArray[Any] | None
     client_id: str | None
+    penultimate: NDArray[Any] | None = None
 
 
 def row_ids(record_id: str, n: int) -> list[str]:
@@ -155,6 +158,7 @@ class RecordBuilder:
                     None if inf.embeddings is None else inf.embeddings[i],
                     None if inf.logits is None else inf.logits[i],
                     item.client_id,
+                    None if inf.penultimate is None else inf.penultimate[i],
                 )
             )
 
@@ -258,6 +262,14 @@ class RecordBuilder:
                 preds = np.argmax(logits, axis=1).tolist()
                 ok &= np.isfinite(logits).all(axis=1)
                 scores_bytes = logits.tobytes()
+        pen_bytes, pen_width = b"", 0
+        if model.penultimate_index is not None and all(r.penultimate is not None for r in group):
+            pen = np.stack([r.penultimate for r in group]).astype(np.float32, copy=False)  # type: ignore[misc]
+            pen = pen.reshape(n, -1)
+            pen_width = pen.shape[1]
+            ok &= np.isfinite(pen).all(axis=1)
+            pen_bytes = pen.tobytes()
+        hashes = input_hashes(model, group)
         packer = self._packer
         for i, r in enumerate(group):
             if not ok[i]:
@@ -273,6 +285,11 @@ class RecordBuilder:
                     client_id=r.client_id,
                     input_digest=None if r.inputs is None
                     else blake2b(r.inputs.tobytes(), digest_size=16).digest(),
+                    features={"penultimate": (
+                        "f4", pen_width,
+                        pen_bytes[i * pen_width * 4 : (i + 1) * pen_width * 4])}
+                    if pen_width else None,
+                    input_hashes=None if hashes is None else hashes[i],
                     packer=packer,
                 )
             except RecordError as exc:  # this record only: the rest of the batch goes on
@@ -310,6 +327,40 @@ class RecordBuilder:
             label=fb.label,
             client_id=fb.client_id,
         )
+
+
+def input_hashes(model: ServedModel, group: list[_Row]) -> list[bytes | None] | None:
+    """Window hashes of each row's raw input (``input_hashes`` of the model's config), or
+    ``None``; vectorised over the group, a row whose input cannot be hashed gets ``None``.
+
+    The hashes are computed here, on the record stream's thread, never on the request path;
+    only they travel (the monitor never sees raw inputs)."""
+    spec = model.config.input_hashes
+    if spec is None or model.text is not None:
+        return None
+    from detectors.adversarial.hashing import window_hashes
+
+    params = spec.model_dump()
+    params["value_range"] = tuple(params["value_range"])
+    out: list[bytes | None] = [None] * len(group)
+    by_size: dict[int, list[int]] = {}
+    for i, r in enumerate(group):
+        if r.inputs is not None and r.inputs.dtype.kind in "biuf" and r.inputs.size:
+            by_size.setdefault(int(r.inputs.size), []).append(i)
+    for size, rows in by_size.items():
+        if size < spec.window or (size - spec.window) // spec.stride + 1 > MAX_HASHES:
+            continue  # nothing to hash, or more windows than a record may carry
+        try:
+            H = window_hashes(np.stack([group[i].inputs.reshape(-1) for i in rows]),  # type: ignore[union-attr]
+                              **params)
+        except ValueError as exc:  # non-finite inputs (serving.nan_policy: pass)
+            log.debug("input hashes of model %r skipped: %s", model.name, exc)
+            continue
+        raw = H.astype("<u8", copy=False).tobytes()
+        step = H.shape[1] * 8
+        for k, i in enumerate(rows):
+            out[i] = raw[k * step : (k + 1) * step]
+    return out
 
 
 def _pick(tensors: list[Tensor], name: str) -> Tensor:

@@ -34,6 +34,7 @@ class Inference:
     embeddings: NDArray[Any] | None  # (n, d) when the task graph computes them
     logits: NDArray[Any] | None
     inputs: NDArray[Any]  # the input the encoder/digest read, (n, ...)
+    penultimate: NDArray[Any] | None = None  # (n, f) when the model config streams it
 
 
 class ServedModel:
@@ -81,6 +82,7 @@ class ServedModel:
                 )
         self.embedding_index: int | None = None
         self.logits_index: int | None = None
+        self.penultimate_index: int | None = None
         if self.session is not None:
             names = self.session.output_names
             if self.encoder is None:
@@ -95,6 +97,13 @@ class ServedModel:
                 if logits not in names:
                     raise ValueError(f"{label} has no logits output {logits!r}; it has {names}")
                 self.logits_index = names.index(logits)
+            pen = config.penultimate_output
+            if pen is not None:
+                if pen not in names:
+                    raise ValueError(f"{label} has no output {pen!r} to stream as the "
+                                     f"penultimate feature; its outputs are {names} (set "
+                                     "penultimate_output)")
+                self.penultimate_index = names.index(pen)
             if dynamic_batching and self.text is not None:
                 log.info("%s: text rows differ in length; dynamic batching is off for it", label)
             elif dynamic_batching and self.session.batchable:
@@ -105,6 +114,9 @@ class ServedModel:
             raise ValueError(
                 f"{label}: tap mode needs encoder_path (the SSL encoder to embed with)"
             )
+        elif config.penultimate_output is not None:
+            raise ValueError(f"{label}: penultimate_output needs 'path' (tap mode cannot read "
+                             "the task model's layers)")
         self.logits_name = config.logits_output or "logits"
         source = self.session or self.encoder
         assert source is not None
@@ -181,7 +193,8 @@ class ServedModel:
         emb = None if self.embedding_index is None else results[self.embedding_index]
         logits = None if self.logits_index is None else results[self.logits_index]
         inputs = feeds[self.input_name] if self.text is None else TextInput.digests(feeds)
-        return Inference(outputs, emb, logits, inputs)
+        pen = None if self.penultimate_index is None else results[self.penultimate_index]
+        return Inference(outputs, emb, logits, inputs, pen)
 
     def close(self) -> None:
         if self.batcher is not None:

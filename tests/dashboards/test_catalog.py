@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import metric_catalog as catalog
 from monitor.metric_catalog import MetricSpec
-from monitor.stages import RecordScores, WindowTest
+from monitor.stages import RecordScores, SecurityCounts, WindowTest
 from monitor.telemetry import MonitorMetrics
 
 ROOT = Path(__file__).parents[2]
@@ -84,6 +84,9 @@ def test_monitor_registers_exactly_its_catalogue_entries() -> None:
     m.keyed_evictions.labels("digits", "ood.knn", "capacity").inc()
     m.keyed_keys.labels("digits", "1", "ood.knn").set(3)
     m.missing_input.labels("digits", "ood.msp").inc()
+    for family in ("attack", "poisoning"):
+        m.observe("digits", "1", SecurityCounts(f"x.{family}", family, family, 0.01, records=3,
+                                                flagged=1, poison_rate=0.1, p_value=0.01))
     scraped = _scrape(registry)
     ours = {k: v for k, v in scraped.items() if k.startswith("repwatch_")}
     expected = {s.name: s for s in catalog.for_component("monitor")}

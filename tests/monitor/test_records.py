@@ -144,6 +144,17 @@ def test_encode_rejects_what_decode_would_reject() -> None:
         R.encode(R.Record(**base | {"embedding": np.zeros((2, 2), np.float32)}))
 
 
+@pytest.mark.parametrize("data", [b"", b"1234567", b"\0" * (8 * R.MAX_HASHES + 8), "text"])
+def test_input_hashes_out_of_bounds_are_refused_naming_the_field(data: object) -> None:
+    m = msgpack.unpackb(R.encode(R.Record("m", "r", 1, np.zeros(2, np.float32))))
+    m["input_hashes"] = data
+    with pytest.raises(R.RecordError, match="input_hashes"):
+        R.decode(_pack(m))
+    fine = {**m, "input_hashes": np.array([1, 2**64 - 1], "<u8").tobytes()}
+    hashes = R.decode(_pack(fine)).input_hashes
+    assert hashes is not None and hashes.tolist() == [1, 2**64 - 1]
+
+
 def test_schema_file_documents_exactly_the_encoded_fields() -> None:
     schema = yaml.safe_load(SCHEMA.read_text())
     assert schema["version"] == R.SCHEMA_VERSION
@@ -159,6 +170,7 @@ def test_schema_file_documents_exactly_the_encoded_fields() -> None:
         client_id="c",
         input_digest=b"d",
         features={"penultimate": np.ones(3, np.float32)},
+        input_hashes=np.arange(3, dtype=np.uint64),
     )
     encoded = msgpack.unpackb(R.encode(full))
     assert R.decode(R.encode(full)) == full
