@@ -95,6 +95,7 @@ class MetricSpec:
 
 MV = ("model", "model_version")
 DET = (*MV, "detector")
+SEC = (*DET, "stage")  # security stages: adversarial | attack | poisoning
 
 
 def _c(name: str, help: str, labels: tuple[str, ...], component: Component, family: str,
@@ -180,10 +181,10 @@ CATALOG: tuple[MetricSpec, ...] = (
     # ---- monitor: security stages (monitor/security.py) ------------------------------------
     _c("repwatch_security_records_scored_total", "Records judged by a security stage "
        "(adversarial: inference records; attack: client queries; poisoning: feedback records "
-       "of closed windows).", DET, "monitor", "security", "records"),
+       "of closed windows), by stage.", SEC, "monitor", "security", "records"),
     _c("repwatch_security_records_flagged_total", "Records a security stage flagged "
-       "(adversarial inputs, queries matching earlier ones, suspicious feedback).", DET,
-       "monitor", "security", "records"),
+       "(adversarial inputs, queries matching earlier ones, suspicious feedback), by stage.",
+       SEC, "monitor", "security", "records"),
     _c("repwatch_attack_records_duplicate_total", "Queries skipped by the query-attack stage "
        "as exact repeats of one in the client's memory.", DET, "monitor", "security",
        "records"),

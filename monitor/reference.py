@@ -13,6 +13,10 @@ records of a window as alert evidence) and ``manifest.json``::
 consumes (:func:`monitor.pipeline.consumes_of`): embeddings, or — from the same ``.npz`` —
 ``logits`` (logit detectors such as ``ood.energy``), ``labels``/``predictions`` (``drift.chi2``)
 or a named feature array; a detector whose input the reference lacks is an error naming it.
+The security detectors read several of them (``labels``, ``predictions``, ``penultimate``,
+``input_hashes`` or raw ``inputs``, optional ``clients``): see :mod:`monitor.security_fit`;
+:mod:`serving.reference` builds such a file through the model's graph, as the sidecar streams.
+Arrays a detector does not read are ignored, so one file serves every detector of a model.
 The detectors are looked up in the registry by name, never imported by class, so new families
 plug in without touching the monitor.
 """

@@ -11,6 +11,8 @@ detector's typed contract (:mod:`detectors.base`), never from attribute probing:
 * :class:`RecordStage` — a :class:`~detectors.base.RecordDetector` (OOD, adversarial…) scoring
   every record, flags aggregated per window;
 * :class:`~monitor.keyed.KeyedStage` — per client (``key: client``), in :mod:`monitor.keyed`.
+* the security stages (adversarial inputs, query attacks per client, poisoned feedback), chosen
+  by the detector's family, in :mod:`monitor.security`; they report :class:`SecurityCounts`.
 
 Alerts follow *episodes*: a finding is raised when a stage goes from clean to detecting; while
 the change persists the metrics keep showing it but no new alert is raised. The episode flag is

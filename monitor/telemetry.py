@@ -137,8 +137,8 @@ class MonitorMetrics:
             self._security(labels, obs)
 
     def _security(self, labels: tuple[str, str, str], obs: SecurityCounts) -> None:
-        self.sec_scored.labels(*labels).inc(obs.records)
-        self.sec_flagged.labels(*labels).inc(obs.flagged)
+        self.sec_scored.labels(*labels, obs.stage).inc(obs.records)
+        self.sec_flagged.labels(*labels, obs.stage).inc(obs.flagged)
         if obs.family == "attack":
             self.attack_duplicates.labels(*labels).inc(obs.duplicates)
             self.attack_alerted.labels(*labels).inc(obs.clients_alerted)
@@ -153,7 +153,7 @@ class MonitorMetrics:
                 self.poison_p.labels(*labels).set(obs.p_value)
 
     def _security_metrics(self) -> tuple[Any, ...]:
-        return (self.sec_scored, self.sec_flagged, self.attack_duplicates, self.attack_alerted,
+        return (self.attack_duplicates, self.attack_alerted,
                 self.attack_tracked, self.attack_evicted, self.attack_bytes, self.poison_windows,
                 self.poison_rate, self.poison_p)
 
@@ -164,6 +164,10 @@ class MonitorMetrics:
                        self.ood_scored, self.ood_flagged, *self._security_metrics()):
             for d in detectors:
                 _remove(metric, model, version, d)
+        for metric in (self.sec_scored, self.sec_flagged):
+            for d in detectors:
+                for stage in ("adversarial", "attack", "poisoning"):
+                    _remove(metric, model, version, d, stage)
         self.scores.forget(model, version)
 
 

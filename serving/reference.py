@@ -6,7 +6,7 @@ the ``input_hashes`` of the raw inputs. :func:`build_reference` runs the model's
 over trusted labelled inputs and writes all of them, computed exactly as the sidecar computes
 them for a live record (the same outputs, the same :class:`~monitor.config.InputHashConfig`).
 
-Run on the bundled digits model (the train split of digits 0-7)::
+Run on the bundled digits model (the train and validation splits of digits 0-7)::
 
     python -m serving.reference --config serving/examples/digits-security.yaml \\
         --out digits-security-reference.npz
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.config).model(args.model)
     X, y, split = digits_data()
-    train = np.asarray(split["train"])
-    build_reference(cfg, X[train], y[train], args.out)
-    print(f"wrote {args.out}: {len(train)} rows of the digits train split")
+    rows = np.concatenate([split["train"], split["val"]])
+    build_reference(cfg, X[rows], y[rows], args.out)
+    print(f"wrote {args.out}: {len(rows)} rows of the digits train and validation splits")
     return 0
 
 
