@@ -23,9 +23,11 @@ def register(sub: Any) -> None:
         help="run the end-to-end demo: scripted incidents through the sidecar -> Kafka -> "
         "monitor -> alerts, Prometheus, Alertmanager, and an HTML report (loopback only)",
         description="Start a broker, Prometheus and Alertmanager on loopback (or use --kafka), "
-        "send a clean phase and then scripted incidents (gradual drift, OOD inputs) through the "
-        "serving sidecar, show the detectors and alerts live, and write an HTML report. Exits 1 "
-        "when an incident is missed or the clean phase raises an alert.",
+        "send a clean phase and then scripted incidents (gradual drift, OOD inputs, and where "
+        "this build's monitor has their stages an adversarial client, probing clients and "
+        "poisoned feedback) through the serving sidecar, show the detectors and alerts live, "
+        "and write an HTML report. Exits 1 when an incident is missed or the clean phase raises "
+        "an alert.",
     )
     p.add_argument("--records", type=int, default=750,
                    help="records per phase (at least 250: one detector window)")

@@ -67,18 +67,49 @@ def _roc(detector: str, incident: str, neg: NDArray[Any], pos: NDArray[Any], uni
                tuple(float(v) for v in tpr[idx]), auc, units)
 
 
-def analyse(reference: Any, windows: dict[str, int], phases: list[Phase],
-            X: NDArray[Any], ts_ms: NDArray[np.int64]) -> Analysis:
-    """``reference`` a :class:`monitor.reference.ReferenceSet`; ``windows`` detector -> size.
+def _names(phases: list[Phase], ts_ms: NDArray[np.int64]) -> NDArray[np.str_]:
+    return np.array([(p.name if (p := phase_of(phases, int(t))) else "") for t in ts_ms], dtype=str)
 
-    ``X``/``ts_ms`` are the consumed records in stream order.
+
+def _positives(phases: list[Phase], names: NDArray[Any],
+               ids: tuple[str, ...]) -> dict[str, NDArray[np.bool_]]:
+    """Per phase, its rows that are the incident: :attr:`Phase.attack_ids` where the phase
+    knows them, else every row of the phase."""
+    out = {p.name: names == p.name for p in phases}
+    for p in phases:
+        if p.attack_ids and len(ids) == len(names):
+            mine = set(p.attack_ids)
+            out[p.name] = out[p.name] & np.array([i in mine for i in ids], dtype=bool)
+    return out
+
+
+def analyse(reference: Any, windows: dict[str, int], phases: list[Phase], window: Any) -> Analysis:
+    """``reference`` a :class:`monitor.reference.ReferenceSet`; ``windows`` detector -> size;
+    ``window`` the consumed records (:class:`monitor.demo.topics.RecordWindow`).
+
+    Per-record scores (OOD, adversarial) and per-feedback-record scores (poisoning) give ROC
+    points over records, drift statistics over sliding windows; the query-attack detector
+    judges clients, not records, and has no per-record score to plot.
     """
-    names = np.array([(p.name if (p := phase_of(phases, int(t))) else "") for t in ts_ms])
+    X, ids = window.X, window.ids
+    names = _names(phases, window.ts_ms)
+    positive = _positives(phases, names, ids)
     incidents = [p for p in phases if p.incident]
     drift: dict[str, tuple[WindowPoint, ...]] = {}
     scores: dict[str, dict[str, tuple[float, ...]]] = {}
     thresholds: dict[str, float] = {}
     rocs: list[Roc] = []
+
+    def record_scores(det_id: str, s: NDArray[Any], names: NDArray[Any],
+                      positive: dict[str, NDArray[np.bool_]], threshold: float) -> None:
+        scores[det_id] = {p.name: tuple(float(v) for v in s[names == p.name]) for p in phases
+                          if (names == p.name).any()}
+        thresholds[det_id] = threshold
+        for inc in incidents:
+            if positive[inc.name].any():
+                rocs.append(_roc(det_id, inc.name, s[names == "clean"], s[positive[inc.name]],
+                                 "records"))
+
     for det_id, det in reference.detectors.items():
         family = det_id.split(".", 1)[0]
         if family == "drift":
@@ -97,11 +128,48 @@ def analyse(reference: Any, windows: dict[str, int], phases: list[Phase],
             for inc in incidents:
                 pos = np.array([stat[s] for s, n in pure.items() if n == inc.name])
                 rocs.append(_roc(det_id, inc.name, neg, pos, f"windows of {size}"))
-        elif family in ("ood", "adversarial"):
-            s = np.asarray(det.score(X), dtype=float)
-            scores[det_id] = {p.name: tuple(float(v) for v in s[names == p.name]) for p in phases}
-            thresholds[det_id] = float(getattr(det, "threshold_", np.nan))
-            for inc in incidents:
-                rocs.append(_roc(det_id, inc.name, s[names == "clean"], s[names == inc.name],
-                                 "records"))
+        elif family == "ood":
+            record_scores(det_id, np.asarray(det.score(X), dtype=float), names, positive,
+                          float(getattr(det, "threshold_", np.nan)))
+        elif family == "adversarial" and hasattr(det, "classes_") and len(X):
+            s = _adversarial_scores(det, window)
+            if s is not None:
+                record_scores(det_id, s, names, positive, float(getattr(det, "threshold_",
+                                                                        np.nan)))
+        elif family == "poisoning" and window.feedback is not None:
+            fb = window.feedback
+            s = _poisoning_scores(det, fb, windows.get(det_id, 500))
+            fnames = _names(phases, fb.ts_ms)
+            record_scores(det_id, s, fnames, _positives(phases, fnames, fb.ids), np.nan)
     return Analysis(drift, scores, thresholds, tuple(rocs), len(X))
+
+
+def _adversarial_scores(det: Any, window: Any) -> NDArray[np.float64] | None:
+    """Scores of every inference record (NaN where its prediction is not a known class)."""
+    from detectors.adversarial import Views
+
+    pred = window.predictions
+    if pred is None:
+        return None
+    ok = np.isin(pred, np.asarray(det.classes_))
+    needs = getattr(det, "signals", ())
+    if window.penultimate is None and any(n in ("mahalanobis", "lid") for n in needs):
+        return None  # the records carry no features view
+    out = np.full(len(pred), np.nan)
+    if ok.any():
+        F = None if window.penultimate is None else window.penultimate[ok]
+        out[ok] = np.asarray(det.predict(Views(window.X[ok], pred[ok], F)).scores, dtype=float)
+    return out
+
+
+def _poisoning_scores(det: Any, fb: Any, size: int) -> NDArray[np.float64]:
+    """Suspicion of every feedback record, judged per window of ``size`` as the stage does
+    (a last partial window: with the records before it)."""
+    known = np.isin(fb.labels, np.asarray(det.classes_))
+    out = np.full(len(fb.labels), np.nan)
+    idx = np.flatnonzero(known)
+    for lo in range(0, len(idx), size):
+        rows = idx[max(0, min(lo, len(idx) - size)):lo + size]
+        res = det.predict(fb.X[rows], fb.labels[rows])
+        out[rows] = np.asarray(res.scores, dtype=float)
+    return out

@@ -19,22 +19,37 @@ OOD_FRACTION = 0.6  # share of the OOD phase that is out of distribution (rest: 
 
 @dataclass(frozen=True)
 class PhaseInputs:
-    """The inputs of one phase: images for the sidecar, or embeddings for Kafka."""
+    """The inputs of one phase: images for the sidecar, or embeddings for Kafka.
+
+    ``clients``: the client id of each row (default: seven benign clients in turn);
+    ``feedback``: the label POSTed to ``/v1/feedback`` for each row after its inference (-1:
+    none); ``attack``: the rows that are the incident (the ROC's positives; default: all).
+    """
 
     name: str
     images: NDArray[np.float32] | None
     embeddings: NDArray[np.float32] | None
+    clients: tuple[str, ...] | None = None
+    feedback: NDArray[np.int64] | None = None
+    attack: NDArray[np.bool_] | None = None
 
     def __len__(self) -> int:
         arr = self.images if self.images is not None else self.embeddings
         return 0 if arr is None else int(arr.shape[0])
+
+    def client(self, i: int) -> str:
+        return self.clients[i] if self.clients is not None else f"client-{i % 7}"
 
 
 @dataclass(frozen=True)
 class DemoData:
     reference: NDArray[np.float64]
     description: str
-    phases: dict[str, PhaseInputs]  # clean, drift, recovery, ood
+    phases: dict[str, PhaseInputs]  # in play order: clean, drift, recovery, ood, ...
+    # The raw digits (pixels, labels) and the trusted reference rows, for the security plan.
+    pixels: NDArray[np.float32] | None = None
+    labels: NDArray[np.int64] | None = None
+    ref_rows: NDArray[np.int64] | None = None
 
     @property
     def images(self) -> bool:
@@ -52,8 +67,20 @@ def _digits() -> tuple[Any, NDArray[np.float32], NDArray[np.float64], dict[str, 
     return sess, X, emb[split["train"] + split["val"]], split
 
 
-def load(synthetic: bool, n: int) -> DemoData:
-    """The reference and the four phases of ``n`` records each, seeded."""
+def embed(X: NDArray[Any]) -> NDArray[np.float64]:
+    """SSL embeddings of digits pixels through the bundled encoder."""
+    import onnxruntime as ort
+
+    from serving.encoders.models import DIGITS_ENCODER
+
+    sess = ort.InferenceSession(str(DIGITS_ENCODER), providers=["CPUExecutionProvider"])
+    out: NDArray[np.float64] = sess.run(["embedding"], {"input": X.astype(np.float32)})[0]
+    return out.astype(np.float64)
+
+
+def load(synthetic: bool, n: int, security: bool = False) -> DemoData:
+    """The reference and the phases of ``n`` records each, seeded; with ``security``, the
+    security incidents' phases too (images only, see :mod:`monitor.demo.security`)."""
     rng = np.random.default_rng(0)
     ramp = np.linspace(0.0, 1.0, n)[:, None]
     if not synthetic:
@@ -62,30 +89,57 @@ def load(synthetic: bool, n: int) -> DemoData:
         except (ImportError, OSError, KeyError) as exc:
             print(f"(digits models unavailable: {exc}; using synthetic embeddings)")
         else:
+            from serving.encoders.models import digits_data
+
+            y = digits_data()[1]
             test, ood = np.asarray(split["test"]), np.asarray(split["ood"])
 
-            def clean() -> NDArray[np.float32]:
-                return X[test[rng.integers(0, len(test), n)]]
+            def clean() -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+                """``n`` held-out images (with repeats) and the label to send as feedback for
+                each: its true label on an image's first occurrence in the phase, else -1 (a
+                labeller labels an input once; the same labelled input three times in a
+                feedback window is what the poisoning burst signal looks for)."""
+                idx = test[rng.integers(0, len(test), n)]
+                first = np.zeros(n, dtype=bool)
+                first[np.unique(idx, return_index=True)[1]] = True
+                return X[idx], np.where(first, y[idx], -1)
 
             noise = rng.normal(0, 1, (n, 64)) * DRIFT_MAX_NOISE * ramp  # gradual: 0 at the start
-            drift = np.clip(clean() + noise, 0, 16)
+            drift = np.clip(clean()[0] + noise, 0, 16)
             novel = np.where((rng.random(n) < 0.5)[:, None], X[ood[rng.integers(0, len(ood), n)]],
                              rng.uniform(0, 16, (n, 64)))
-            oods = np.where((rng.random(n) < OOD_FRACTION)[:, None], novel, clean())
-            phases: dict[str, NDArray[Any]] = {"clean": clean(), "drift": drift,
-                                               "recovery": clean(), "ood": oods}
+            is_novel = rng.random(n) < OOD_FRACTION
+            oods = np.where(is_novel[:, None], novel, clean()[0])
+            (c0, y0), (r1, ry1), (r2, ry2) = clean(), clean(), clean()
+            f32 = np.float32
+            phases = {
+                "clean": PhaseInputs("clean", c0.astype(f32), None, feedback=y0),
+                "drift": PhaseInputs("drift", drift.astype(f32), None),
+                "recovery": PhaseInputs("recovery", r1.astype(f32), None, feedback=ry1),
+                "ood": PhaseInputs("ood", oods.astype(f32), None, attack=is_novel),
+            }
+            if security:
+                from monitor.demo import security as S
+
+                phases["recovery-2"] = PhaseInputs("recovery-2", r2.astype(f32), None,
+                                                   feedback=ry2)
+                pool, pool_y = clean()
+                phases.update(S.phases(pool, pool_y, X, n))
             return DemoData(
                 ref, "bundled digits models: reference = SSL embeddings of digits 0-7 train/val; "
-                "phases are images sent as OIP requests to the serving sidecar",
-                {k: PhaseInputs(k, v.astype(np.float32), None) for k, v in phases.items()})
+                "phases are images sent as OIP requests to the serving sidecar", phases,
+                X, y.astype(np.int64), np.asarray(split["train"] + split["val"]))
     d = 32
     ref = rng.normal(size=(2000, d))
-    far = rng.normal(size=(n, d)) + np.where(rng.random((n, 1)) < OOD_FRACTION, 4.0, 0.0)
+    far_rows = rng.random((n, 1)) < OOD_FRACTION
+    far = rng.normal(size=(n, d)) + np.where(far_rows, 4.0, 0.0)
     emb = {"clean": rng.normal(size=(n, d)), "drift": rng.normal(size=(n, d)) + 0.8 * ramp,
            "recovery": rng.normal(size=(n, d)), "ood": far}
     return DemoData(ref, "synthetic 32-d Gaussians (no sidecar): drift shifts the mean by up "
                     "to 0.8 per dimension, OOD moves 60% of records 4 s.d. away",
-                    {k: PhaseInputs(k, None, v.astype(np.float32)) for k, v in emb.items()})
+                    {k: PhaseInputs(k, None, v.astype(np.float32),
+                                    attack=far_rows[:, 0] if k == "ood" else None)
+                     for k, v in emb.items()})
 
 
 def _embeddings(

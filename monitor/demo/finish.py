@@ -23,8 +23,10 @@ def summarise(outcomes: list[I.Outcome], false_alarms: list[I.SeenAlert],
         elif o.start_ms is None:
             print(f"  {o.incident.title}: not run")
         elif o.detected:
+            who = f", client {o.client}" if o.client else ""
             print(f"  {o.incident.title}: DETECTED by {o.detector} {o.delay_s:.1f} s after it "
-                  f"started (alert {o.alert_id}, evidence {', '.join(o.evidence[:3])}, ...)")
+                  f"started (alert {o.alert_id}{who}, evidence {', '.join(o.evidence[:3])}, "
+                  "...)")
         else:
             print(f"  {o.incident.title}: MISSED")
     print(f"clean phase: {len(false_alarms)} false alarm(s)")
@@ -34,16 +36,21 @@ def summarise(outcomes: list[I.Outcome], false_alarms: list[I.SeenAlert],
 
 
 def write_report(path: str | Path, model: Any, ref: Any, phases: list[I.Phase],
-                 alerts: list[I.SeenAlert], window: Any, source: str) -> Path:
-    """Score ``window`` (:class:`monitor.demo.topics.RecordWindow`) and write the report."""
+                 alerts: list[I.SeenAlert], window: Any, source: str,
+                 reasons: dict[str, str | None] | None = None,
+                 clients: dict[str, str] | None = None) -> Path:
+    """Score ``window`` (:class:`monitor.demo.topics.RecordWindow`) and write the report
+    (``reasons``, ``clients``: as for :func:`incidents.attribute`)."""
     from monitor.demo.analysis import analyse
     from monitor.demo.report import ReportInput, write
     from monitor.version import version
 
-    outcomes, false_alarms = I.attribute(phases, alerts)
+    outcomes, false_alarms = I.attribute(phases, alerts, reasons, clients)
     _, problems = I.verdict(outcomes, false_alarms, {p.incident for p in phases if p.incident})
     sizes = {d.name: int(d.window.size) for d in model.detectors if d.window is not None}
-    analysis = analyse(ref, sizes, phases, window.X, window.ts_ms)
+    sizes.update({d.name: int(d.params["window_size"]) for d in model.detectors
+                  if d.window is None and "window_size" in d.params})
+    analysis = analyse(ref, sizes, phases, window)
     path = Path(path)
     links: dict[str, str] = {}  # alert id -> a page linked from its row (none in this build)
     conditions = (f"repwatch {version()} on {platform.node()} ({platform.machine()}, "
@@ -60,16 +67,18 @@ def write_report(path: str | Path, model: Any, ref: Any, phases: list[I.Phase],
 
 
 def report(path: str, config: Any, data: Any, phases: list[I.Phase],
-           alerts: list[I.SeenAlert]) -> Path:
-    """The demo's report, from the records the monitor consumed."""
+           alerts: list[I.SeenAlert], reasons: dict[str, str | None] | None = None,
+           clients: dict[str, str] | None = None) -> Path:
+    """The demo's report, from the records the monitor consumed (and the worker's reference)."""
     from monitor.demo.topics import read_records
-    from monitor.reference import fit_reference
+    from monitor.reference import load_reference
 
     model = config.models[0]
     window = read_records(config.kafka, config.topics.records, model.name,
                           since_ms=phases[0].start_ms if phases else None)
-    ref = fit_reference(model, data.reference, "demo reference")
-    out = write_report(path, model, ref, phases, alerts, window, data.description)
+    ref = load_reference(model, Path(model.reference))
+    out = write_report(path, model, ref, phases, alerts, window, data.description, reasons,
+                       clients)
     print(f"report: {out.resolve()}")
     return out
 

@@ -23,6 +23,12 @@ class Incident:
     alert_type: str  # CloudEvent type suffix: io.repwatch.alert.<alert_type>
     detector: str  # the monitor detector meant to catch it
     what: str
+    clients: tuple[str, ...] = ()  # for per-client alerts: the attacking clients' ids
+
+
+ADV_CLIENT = "client-adversarial"
+PROBE_CLIENTS = ("client-probe-hsj", "client-probe-square")
+POISON_CLIENT = "client-feedback-poisoner"
 
 
 INCIDENTS = (
@@ -31,26 +37,50 @@ INCIDENTS = (
     Incident("ood", "out-of-distribution inputs", "ood", "ood.knn",
              "60% held-out digits 8-9 and uniform-noise images, 40% clean"),
     Incident("adversarial", "adversarial client", "adversarial", "adversarial.combined",
-             "PGD inputs generated at model-build time, from one client"),
+             "PGD-Linf inputs (eps 0.2, made at model-build time with ART) from one client, "
+             "between clean traffic"),
     Incident("probing", "probing client", "attack", "adversarial.query",
-             "a recorded black-box query sequence from one client"),
+             "recorded black-box query sequences (ART HopSkipJump and SquareAttack on the ONNX "
+             "model), one client each, between clean traffic", PROBE_CLIENTS),
     Incident("poisoning", "poisoned feedback", "poisoning", "poisoning.feedback",
-             "POST /v1/feedback with label flips and a backdoor pattern"),
+             "POST /v1/feedback with label flips and ART's pixel-pattern backdoor (labelled 0) "
+             "from one client, beside honest feedback"),
 )
-# The scripted phases, in order, and the incident each one is (None: clean traffic).
-PHASES: tuple[tuple[str, str | None], ...] = (
+# The scripted phases, in order, and the incident each one is (None: clean traffic). The
+# security phases follow a second recovery, and run only where this build has their stage.
+BASE_PHASES: tuple[tuple[str, str | None], ...] = (
     ("clean", None), ("drift", "drift"), ("recovery", None), ("ood", "ood"),
 )
-SCRIPTED = {inc for _, inc in PHASES if inc}
+SECURITY_PHASES: tuple[tuple[str, str | None], ...] = (
+    ("adversarial", "adversarial"), ("probing", "probing"), ("poisoning", "poisoning"),
+)
 
 
-def available() -> dict[str, str | None]:
-    """Incident key -> None when this build can run it, else the reason it cannot."""
+def phases_for(security: set[str]) -> tuple[tuple[str, str | None], ...]:
+    """The phases to play when the security incidents in ``security`` can run."""
+    sec = tuple(p for p in SECURITY_PHASES if p[1] in security)
+    return BASE_PHASES + ((("recovery-2", None), *sec) if sec else ())
+
+
+def available(reasons: dict[str, str | None] | None = None,
+              ran: set[str] | None = None) -> dict[str, str | None]:
+    """Incident key -> None when it can run (or ran), else the reason it cannot.
+
+    ``reasons``: the demo's plan for the security incidents (:func:`monitor.demo.security.plan`);
+    ``ran``: incidents that have a phase (``repwatch report``'s ``--phase``).
+    """
     out: dict[str, str | None] = {}
     for inc in INCIDENTS:
-        out[inc.key] = None if inc.key in SCRIPTED else (
-            f"not available in this build: the monitor has no {inc.detector} stage fed with "
-            "what this incident needs yet, so the demo does not script it")
+        if ran is not None and inc.key in ran:
+            out[inc.key] = None
+        elif reasons is not None and inc.key in reasons:
+            out[inc.key] = reasons[inc.key]
+        elif inc.key in ("drift", "ood"):
+            out[inc.key] = None if ran is None else "no phase marked for it"
+        else:
+            out[inc.key] = (
+                f"not available in this build: the monitor has no {inc.detector} stage fed "
+                "with what this incident needs yet, so the demo does not script it")
     return out
 
 
@@ -61,7 +91,9 @@ class Phase:
     start_ms: int
     end_ms: int | None = None
     sent: int = 0
+    feedback: int = 0  # labels POSTed to /v1/feedback for this phase's records
     record_ids: list[str] = field(default_factory=list)
+    attack_ids: list[str] = field(default_factory=list)  # the incident's own rows (ROC positives)
 
 
 @dataclass(frozen=True)
@@ -78,6 +110,12 @@ class SeenAlert:
     @property
     def detector(self) -> str:
         return str(self.event["data"]["detector"])
+
+    @property
+    def key(self) -> str | None:
+        """The client pseudonym of a per-client alert."""
+        key = self.event["data"].get("key")
+        return None if key is None else str(key)
 
     @property
     def event_ms(self) -> int | None:
@@ -98,6 +136,7 @@ class Outcome:
     alert_id: str | None
     detector: str | None
     evidence: tuple[str, ...]
+    client: str | None = None  # the alerted client (per-client alerts, when it is known)
 
 
 def phase_of(phases: list[Phase], t_ms: int | None) -> Phase | None:
@@ -110,13 +149,18 @@ def phase_of(phases: list[Phase], t_ms: int | None) -> Phase | None:
     return None
 
 
-def attribute(phases: list[Phase], alerts: list[SeenAlert]) -> tuple[list[Outcome],
-                                                                         list[SeenAlert]]:
-    """Outcome per incident, and the clean phase's false alarms."""
+def attribute(phases: list[Phase], alerts: list[SeenAlert],
+              reasons: dict[str, str | None] | None = None,
+              clients: dict[str, str] | None = None) -> tuple[list[Outcome], list[SeenAlert]]:
+    """Outcome per incident, and the clean phase's false alarms (``reasons``: as for
+    :func:`available`; by default, the incidents that have a phase are available).
+
+    ``clients`` maps client pseudonyms to the ids the demo sent: a per-client incident is then
+    caught only by an alert on one of its own clients (not on a benign one in its phase).
+    """
     owner: dict[int, str | None] = {}  # alert index -> incident it belongs to
     last_incident: str | None = None
     false_alarms: list[SeenAlert] = []
-    by_phase = {p.name: p for p in phases}
     for i, a in enumerate(alerts):
         p = phase_of(phases, a.event_ms)
         if p is None or p.name == "clean":
@@ -128,12 +172,14 @@ def attribute(phases: list[Phase], alerts: list[SeenAlert]) -> tuple[list[Outcom
             before = [q for q in phases[:names.index(p.name)] if q.incident]
             last_incident = before[-1].incident if before else None
         owner[i] = last_incident
-    reasons = available()
+    reasons = available(reasons, None if reasons is not None else
+                        {p.incident for p in phases if p.incident})
     outcomes = []
     for inc in INCIDENTS:
-        phase = next((by_phase[n] for n, k in PHASES if k == inc.key and n in by_phase), None)
+        phase = next((p for p in phases if p.incident == inc.key), None)
         hit = next((a for i, a in enumerate(alerts)
-                    if owner.get(i) == inc.key and a.kind == inc.alert_type), None)
+                    if owner.get(i) == inc.key and a.kind == inc.alert_type
+                    and _theirs(inc, a, clients)), None)
         outcomes.append(Outcome(
             incident=inc, available=reasons[inc.key] is None, reason=reasons[inc.key],
             start_ms=phase.start_ms if phase else None, detected=hit is not None,
@@ -141,8 +187,17 @@ def attribute(phases: list[Phase], alerts: list[SeenAlert]) -> tuple[list[Outcom
             alert_id=str(hit.event["id"]) if hit else None,
             detector=hit.detector if hit else None,
             evidence=tuple(hit.event["data"]["evidence"]["record_ids"]) if hit else (),
+            client=None if hit is None or hit.key is None else
+            (clients or {}).get(hit.key, hit.key),
         ))
     return outcomes, false_alarms
+
+
+def _theirs(inc: Incident, a: SeenAlert, clients: dict[str, str] | None) -> bool:
+    """Whether a per-client alert is on one of the incident's own clients (when known)."""
+    if not inc.clients or clients is None:
+        return True
+    return clients.get(a.key or "") in inc.clients
 
 
 def verdict(outcomes: list[Outcome], false_alarms: list[SeenAlert],

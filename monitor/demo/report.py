@@ -56,7 +56,8 @@ def _incident_table(r: ReportInput) -> str:
             f' (<a href="{escape(link)}">drifted window report</a>)' if link else "")
         ev = ", ".join(o.evidence[:10]) or "-"
         rows.append(f"<tr><td>{escape(o.incident.title)}<br><small>{escape(o.incident.what)}"
-                    f"</small></td>{state}<td>{delay}</td><td>{escape(o.detector or '-')}</td>"
+                    f"</small></td>{state}<td>{delay}</td><td>{escape(o.detector or '-')}"
+                    + (f"<br><small>on {escape(o.client)}</small>" if o.client else "") + "</td>"
                     f"<td><code>{alert}</code></td><td><code>{escape(ev)}</code></td></tr>")
     return ("<table><tr><th>incident</th><th>detected</th><th>delay (incident start to alert)"
             "</th><th>detector</th><th>alert id</th><th>evidence record ids</th></tr>"
@@ -112,7 +113,8 @@ def render(r: ReportInput) -> str:
           ", ".join(f"{escape(a.kind)} by {escape(a.detector)} ({escape(str(a.event['id']))})"
                     for a in r.false_alarms))
     phases = "".join(
-        f"<tr><td>{escape(p.name)}</td><td>{escape(p.incident or 'clean')}</td><td>{p.sent}</td>"
+        f"<tr><td>{escape(p.name)}</td><td>{escape(p.incident or 'clean')}</td><td>{p.sent}"
+        + (f" + {p.feedback} feedback" if p.feedback else "") + "</td>"
         f"<td>{time.strftime('%H:%M:%S', time.gmtime(p.start_ms / 1000))}</td></tr>"
         for p in r.phases)
     events = json.dumps([a.event for a in r.alerts], indent=1)

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+CLIENT_KEY_ENV = "REPWATCH_DEMO_CLIENT_ID_KEY"
+
 
 def promql(url: str, query: str) -> list[dict[str, Any]]:
     q = urllib.parse.urlencode({"query": query})
@@ -50,7 +52,8 @@ def produce(broker: str, topic: str, X: np.ndarray, start: int) -> list[str]:
 class Sidecar:
     """``repwatch serve`` on the bundled digits classifier, as its own process (loopback)."""
 
-    def __init__(self, broker: str, topics: dict[str, str], work: Path) -> None:
+    def __init__(self, broker: str, topics: dict[str, str], work: Path,
+                 model_extras: dict[str, Any] | None = None) -> None:
         import yaml
 
         from monitor import localstack
@@ -61,8 +64,11 @@ class Sidecar:
             "kafka": {"bootstrap_servers": [broker]},
             "topics": topics,
             "models": [{"name": "digits", "version": "1", "path": str(DIGITS_CLASSIFIER),
-                        "embedding_output": "embedding", "logits_output": "logits"}],
-            "serving": {"host": "127.0.0.1", "port": self.port, "intra_op_threads": 1},
+                        "embedding_output": "embedding", "logits_output": "logits",
+                        **(model_extras or {})}],
+            "serving": {"host": "127.0.0.1", "port": self.port, "intra_op_threads": 1,
+                        # a known key: the demo names the clients behind alert pseudonyms
+                        "client_id_key": {"env": CLIENT_KEY_ENV}},
         }
         (work / "serve.yaml").write_text(yaml.safe_dump(config))
         self.log = open(work / "sidecar.log", "wb")  # closed in stop()
@@ -92,6 +98,16 @@ class Sidecar:
             n = int(rows.shape[0])
             ids = [] if not rid else [str(rid)] if n == 1 else [f"{rid}:{i}" for i in range(n)]
             return int(resp.status), ids
+
+    def feedback(self, ids: list[str], labels: list[int], client: str) -> int:
+        """``POST /v1/feedback``: a label for each record id; the HTTP status."""
+        body = json.dumps({"model": "digits", "feedback": [
+            {"id": rid, "label": int(label)} for rid, label in zip(ids, labels, strict=True)]})
+        req = urllib.request.Request(
+            f"{self.url}/v1/feedback", data=body.encode(), method="POST",
+            headers={"Content-Type": "application/json", "X-Client-Id": client})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

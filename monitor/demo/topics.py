@@ -17,10 +17,25 @@ from numpy.typing import NDArray
 
 @dataclass(frozen=True)
 class RecordWindow:
+    """Inference records in stream order (and the model's feedback records beside them)."""
+
     ids: tuple[str, ...]
     ts_ms: NDArray[np.int64]
     X: NDArray[np.float64]
     undecodable: int
+    predictions: NDArray[np.int64] | None = None  # class ids; -1 where not an integer class
+    penultimate: NDArray[np.float64] | None = None  # when every inference record carries it
+    feedback: FeedbackWindow | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackWindow:
+    """Feedback records with integer labels, in stream order (their ids are the inferences')."""
+
+    ids: tuple[str, ...]
+    ts_ms: NDArray[np.int64]
+    X: NDArray[np.float64]
+    labels: NDArray[np.int64]
 
 
 def read_alerts(kafka: Any, topic: str, since_ms: int | None = None,
@@ -61,13 +76,13 @@ def read_alerts(kafka: Any, topic: str, since_ms: int | None = None,
 
 def read_records(kafka: Any, topic: str, model: str, since_ms: int | None = None,
                  until_ms: int | None = None, max_records: int = 200_000) -> RecordWindow:
-    """Inference records of ``model`` with event time in [since_ms, until_ms], stream order."""
+    """Records of ``model`` with event time in [since_ms, until_ms], stream order: inference
+    records (embedding, prediction, penultimate features) and feedback records with labels."""
     from monitor import records as R
     from monitor.kafka_io import read_range
 
-    ids: list[str] = []
-    ts: list[int] = []
-    rows: list[NDArray[Any]] = []
+    inf: list[Any] = []
+    fb: list[Any] = []
     bad = 0
     for value in read_range(kafka, topic, start_ms=since_ms, end_ms=None,
                             max_messages=max_records * 2):
@@ -76,16 +91,27 @@ def read_records(kafka: Any, topic: str, model: str, since_ms: int | None = None
         except R.RecordError:
             bad += 1
             continue
-        if r.model != model or r.kind != "inference":
-            continue
-        if (since_ms is not None and r.timestamp_ms < since_ms) or (
+        if r.model != model or (since_ms is not None and r.timestamp_ms < since_ms) or (
                 until_ms is not None and r.timestamp_ms > until_ms):
             continue
-        ids.append(r.record_id)
-        ts.append(r.timestamp_ms)
-        rows.append(np.asarray(r.embedding, dtype=np.float64))
-        if len(ids) >= max_records:
+        if r.kind == "inference":
+            inf.append(r)
+        elif r.kind == "feedback" and type(r.label) is int:
+            fb.append(r)
+        if len(inf) + len(fb) >= max_records:
             break
-    dim = rows[0].shape[0] if rows else 0
-    return RecordWindow(tuple(ids), np.asarray(ts, dtype=np.int64),
-                        np.vstack(rows) if rows else np.zeros((0, dim)), bad)
+    dim = inf[0].embedding.shape[0] if inf else 0
+    X = np.vstack([r.embedding for r in inf]).astype(np.float64) if inf else np.zeros((0, dim))
+    pred = np.array([r.prediction if type(r.prediction) is int else -1 for r in inf],
+                    dtype=np.int64)
+    pens = [p for r in inf if (p := (r.features or {}).get("penultimate")) is not None]
+    pen = np.vstack(pens).astype(np.float64) if inf and len(pens) == len(inf) else None
+    feedback = None
+    if fb:
+        feedback = FeedbackWindow(
+            tuple(r.record_id for r in fb), np.array([r.timestamp_ms for r in fb], np.int64),
+            np.vstack([r.embedding for r in fb]).astype(np.float64),
+            np.array([r.label for r in fb], dtype=np.int64))
+    return RecordWindow(tuple(r.record_id for r in inf),
+                        np.array([r.timestamp_ms for r in inf], dtype=np.int64), X, bad, pred,
+                        pen, feedback)

@@ -15,8 +15,9 @@ from monitor.demo.incidents import INCIDENTS, Phase, SeenAlert, phase_of
 
 class View:
     def __init__(self, detectors: list[str], unavailable: dict[str, str | None],
-                 plain: bool = False) -> None:
+                 plain: bool = False, clients: dict[str, str] | None = None) -> None:
         self.detectors = detectors
+        self.clients = clients or {}  # pseudonym -> the client id the demo sent
         self.unavailable = {k: v for k, v in unavailable.items() if v}
         self.phases: list[Phase] = []
         self.alerts: list[SeenAlert] = []
@@ -41,7 +42,8 @@ class View:
 
     def phase_done(self, phase: Phase) -> None:
         if self.live is None:
-            print(f"[{phase.name}] {phase.sent} records sent", flush=True)
+            fb = f" and {phase.feedback} feedback labels" if phase.feedback else ""
+            print(f"[{phase.name}] {phase.sent} records sent{fb}", flush=True)
         self._refresh()
 
     def progress(self, processed: int) -> None:
@@ -51,7 +53,7 @@ class View:
     def alert(self, seen: SeenAlert) -> None:
         self.alerts.append(seen)
         if self.live is None:
-            print(f"ALERT {seen.kind} by {seen.detector}: {self._when(seen)} "
+            print(f"ALERT {seen.kind} by {seen.detector}{self._who(seen)}: {self._when(seen)} "
                   f"(id {seen.event['id']})", flush=True)
         self._refresh()
 
@@ -62,6 +64,9 @@ class View:
             self.live = None
 
     # --- rendering ---------------------------------------------------------------------------
+    def _who(self, seen: SeenAlert) -> str:
+        return "" if seen.key is None else f" on {self.clients.get(seen.key, seen.key)}"
+
     def _when(self, seen: SeenAlert) -> str:
         p = phase_of(self.phases, seen.event_ms)
         if p is None:
@@ -103,5 +108,6 @@ class View:
         for col in ("type", "detector", "when", "id"):
             alerts.add_column(col)
         for a in self.alerts:
-            alerts.add_row(a.kind, a.detector, self._when(a), str(a.event["id"])[:16])
+            alerts.add_row(a.kind, a.detector + self._who(a), self._when(a),
+                           str(a.event["id"])[:16])
         return Group(phases, dets, alerts)

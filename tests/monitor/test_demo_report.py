@@ -176,3 +176,61 @@ def test_repwatch_report_from_a_running_systems_topics(mon, tmp_path) -> None:
     assert main([*args[:-1], str(bad), "--phase", "nonsense"]) == 2
     assert main(["report", "--config", str(path), "--since", "yesterday", "--out", str(bad)]) == 2
     assert not bad.exists()
+
+
+def test_a_per_client_incident_is_caught_only_on_its_own_clients() -> None:
+    from monitor.demo.security import pseudonyms
+    from serving.core import Pseudonymizer
+
+    phases = [*_phases(), I.Phase("probing", "probing", 5_000, 6_000, 500)]
+    key = b"k"
+    names = pseudonyms(key, {})  # the benign clients
+    names.update(pseudonyms(key, {"p": type("P", (), {"clients": I.PROBE_CLIENTS})()}))
+    hashed = Pseudonymizer(key)
+    assert {hashed(c): c for c in names.values()} == names  # as the sidecar hashes ids
+
+    def attack(client: str, at: int, i: int) -> I.SeenAlert:
+        a = _alert("attack", "adversarial.query", at, at + 100, i)
+        a.event["data"]["key"] = hashed(client)
+        return a
+
+    benign = [attack("client-3", 5_200, 7)]
+    by = {o.incident.key: o for o in I.attribute(phases, benign, None, names)[0]}
+    assert not by["probing"].detected  # a benign client alerted during the phase: no catch
+    by = {o.incident.key: o for o in I.attribute(phases, benign, None, None)[0]}
+    assert by["probing"].detected  # without the names, any attack alert in the phase counts
+    alerts = [*benign, attack("client-probe-square", 5_400, 8)]
+    by = {o.incident.key: o for o in I.attribute(phases, alerts, None, names)[0]}
+    assert by["probing"].alert_id == "attack-8" and by["probing"].client == "client-probe-square"
+    assert by["probing"].delay_s == pytest.approx(0.5)
+
+
+def test_security_traffic_from_the_shipped_assets() -> None:
+    from monitor.demo import security as S
+    from monitor.demo.assets import load_security
+    from monitor.demo.data import load
+
+    data = load(False, 500, security=True)
+    a = load_security()
+    assert list(data.phases) == ["clean", "drift", "recovery", "ood", "recovery-2",
+                                 "adversarial", "probing", "poisoning"]
+    adv = data.phases["adversarial"]
+    assert adv.attack is not None and adv.clients is not None
+    assert [c for c, bad in zip(adv.clients, adv.attack, strict=True) if bad] == \
+        [I.ADV_CLIENT] * 250
+    assert adv.images is not None and np.array_equal(adv.images[adv.attack], a.pgd)
+    probe = data.phases["probing"]
+    assert probe.clients is not None and probe.images is not None
+    for client, queries in zip(I.PROBE_CLIENTS, (a.probe_hsj, a.probe_square), strict=True):
+        mine = np.array([c == client for c in probe.clients])
+        assert np.array_equal(probe.images[mine], queries)  # the recorded order, one per row
+    fb = data.phases["poisoning"]
+    assert fb.feedback is not None and fb.attack is not None and fb.images is not None
+    assert int(fb.attack.sum()) == len(a.flip_idx) + len(a.backdoor) and len(fb) >= 2 * 100
+    honest = (fb.feedback >= 0) & ~fb.attack
+    # honest feedback labels each image once: no repeats for the burst signal to find
+    rows = [r.tobytes() for r in fb.images[honest]]
+    assert len(set(rows)) == len(rows)
+    clean = data.phases["clean"]
+    assert clean.feedback is not None and 200 < int((clean.feedback >= 0).sum()) < 500
+    assert set(S.DETECTORS) == {"adversarial", "probing", "poisoning"}
