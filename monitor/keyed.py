@@ -106,30 +106,41 @@ class KeyedStage(Stage):
 
     def _update(self, client: str, rec: Any, js: list[int], flags: NDArray[np.bool_],
                 scores: NDArray[np.float64], b: RecordBatch, report: StepReport) -> None:
-        ring, n0 = rec["flags"], int(rec["n"])
-        for k, j in enumerate(js):
-            ring[(n0 + k) % self.size] = flags[j]
-        n = n0 + len(js)
-        rec["n"] = n
-        held = min(n, self.size)
-        flagged = int(ring[:held].sum()) if n < self.size else int(ring.sum())
-        frac = flagged / held
-        detected = held >= self.min_records and bool(flagged) and (
-            frac >= self.cfg.min_flagged_fraction)
+        # Judged record by record, so an episode starts at the same client record however the
+        # stream was batched: a worker restarted from a checkpoint re-raises the same window
+        # (the same alert id), never a neighbouring one.
+        ring, n = rec["flags"], int(rec["n"])
+        flagged = int(ring[: min(n, self.size)].sum())
         was = bool(rec["episode"])
-        rec["episode"] = detected
-        if not detected or was:
-            return
-        ids = [b.ids[j] for j in js]
-        window = {"kind": "count", "start": n - held, "end": n,
-                  "first_ts_ms": int(b.ts[js[0]]), "last_ts_ms": int(b.ts[js[-1]]),
-                  "records": held}
-        report.findings.append(self.finding(
-            self.family, statistic=frac, threshold=self.cfg.min_flagged_fraction,
-            window=window, key=client,
-            evidence=evidence(ids, np.where(flags[js], scores[js], -np.inf)),
-            details={"flagged": flagged, "records": held, "client_records": n,
-                     "window_spec": f"last {self.size} records of the client"}))
+        onsets: list[tuple[int, int, int, int]] = []  # (k, n, held, flagged) at each onset
+        for k, j in enumerate(js):
+            pos = n % self.size
+            if n >= self.size:
+                flagged -= int(ring[pos])
+            f = bool(flags[j])
+            ring[pos] = f
+            flagged += f
+            n += 1
+            held = min(n, self.size)
+            detected = held >= self.min_records and flagged > 0 and (
+                flagged / held >= self.cfg.min_flagged_fraction)
+            if detected and not was:
+                onsets.append((k, n, held, flagged))
+            was = detected
+        rec["n"] = n
+        rec["episode"] = was
+        for k, n_at, held, flagged_at in onsets:
+            upto = js[: k + 1]
+            ids = [b.ids[j] for j in upto]
+            window = {"kind": "count", "start": n_at - held, "end": n_at,
+                      "first_ts_ms": int(b.ts[upto[0]]), "last_ts_ms": int(b.ts[upto[-1]]),
+                      "records": held}
+            report.findings.append(self.finding(
+                self.family, statistic=flagged_at / held,
+                threshold=self.cfg.min_flagged_fraction, window=window, key=client,
+                evidence=evidence(ids, np.where(flags[upto], scores[upto], -np.inf)),
+                details={"flagged": flagged_at, "records": held, "client_records": n_at,
+                         "window_spec": f"last {self.size} records of the client"}))
 
     def evictions_since(self) -> dict[str, int]:
         now = dict(self.store.evictions)

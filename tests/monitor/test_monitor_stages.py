@@ -167,6 +167,33 @@ def test_a_client_keyed_stage_sees_each_clients_records_in_order(tmp_path: Path)
     assert 10 <= findings[0].window["records"] <= 20  # at its onset (min_records 10)
 
 
+def test_a_keyed_episode_starts_at_the_same_client_record_however_the_stream_is_batched(
+) -> None:
+    """A restarted worker re-reads records in other batches: the alert window (hence its id)
+    must not depend on where the batches were cut."""
+    rng = np.random.default_rng(5)
+    clients = ["a", "b", "bad"]
+    counters = dict.fromkeys(clients, 0)
+    stream = []
+    for i in range(1500):
+        c = clients[int(rng.integers(len(clients)))]
+        x = np.zeros(D)
+        x[0], x[1] = counters[c], 1.0 if c == "bad" else 0.0
+        counters[c] += 1
+        stream.append(_rec(i, x, client=c))
+    windows = set()
+    for size in (7, 333, 1500):
+        pipe = _keyed_pipe(None, {"name": "test.order_probe", "key": "client",
+                                  "window": {"size": 20, "min_records": 10},
+                                  "min_flagged_fraction": 0.5}, _OrderProbe().fit(None))
+        found = []
+        for a in range(0, len(stream), size):
+            found += pipe.process(_batches(stream[a:a + size])["1"]).findings
+        assert [f.key for f in found] == ["bad"], (size, [(f.key, f.window) for f in found])
+        windows.add((found[0].window["start"], found[0].window["end"]))
+    assert len(windows) == 1, windows
+
+
 def _rss() -> int:
     with open("/proc/self/status") as f:
         for line in f:
