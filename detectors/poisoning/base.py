@@ -15,6 +15,7 @@ or the task model's features) and the label it arrives with. Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
@@ -182,6 +183,24 @@ class PoisoningDetector(Detector):
     def label_index(self, labels: IntArray) -> IntArray:
         """Position of each label in ``classes_`` (``-1``: a class the reference lacks)."""
         return class_index(self.classes_, labels)
+
+
+def clean_window_scores(
+    score: Callable[[FloatArray, IntArray], FloatArray], X: FloatArray, y: IntArray,
+    window_size: int, n_windows: int, seed: int | None,
+) -> FloatArray:
+    """``score`` of every record of ``n_windows`` clean windows, concatenated.
+
+    Each window holds ``window_size`` records (all of them when there are fewer) drawn
+    without replacement from ``X, y`` with a generator seeded by ``seed``: the calibration of
+    the window detectors, which score a record in the context of its window.
+    """
+    rng = np.random.default_rng(seed)
+    size = min(window_size, X.shape[0])
+    return np.concatenate([
+        score(X[w], y[w])
+        for w in (rng.choice(X.shape[0], size, replace=False) for _ in range(n_windows))
+    ])
 
 
 def check_labels(y: ArrayLike | None, n: int, name: str) -> IntArray:

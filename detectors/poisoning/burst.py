@@ -6,7 +6,12 @@ import numpy as np
 
 from detectors.adversarial._neighbors import knn_distances, normalize_rows
 from detectors.base import register
-from detectors.poisoning.base import FloatArray, IntArray, PoisoningDetector
+from detectors.poisoning.base import (
+    FloatArray,
+    IntArray,
+    PoisoningDetector,
+    clean_window_scores,
+)
 
 
 @register("poisoning.burst")
@@ -85,9 +90,6 @@ class BurstDetector(PoisoningDetector):
         return out
 
     def _calibration_scores(self, X: FloatArray, y: IntArray) -> FloatArray:
-        rng = np.random.default_rng(self.seed)
-        size = min(self.window_size, X.shape[0])
-        return np.concatenate([
-            self._score(X[w], y[w])
-            for w in (rng.choice(X.shape[0], size, replace=False) for _ in range(self.n_windows))
-        ])
+        return clean_window_scores(
+            self._score, X, y, self.window_size, self.n_windows, self.seed
+        )

@@ -6,7 +6,12 @@ import numpy as np
 
 from detectors.base import register
 from detectors.ood._gaussian import class_stats, shrunk_covariance, whitener
-from detectors.poisoning.base import FloatArray, IntArray, PoisoningDetector
+from detectors.poisoning.base import (
+    FloatArray,
+    IntArray,
+    PoisoningDetector,
+    clean_window_scores,
+)
 
 
 @register("poisoning.spectral")
@@ -100,10 +105,6 @@ class SpectralSignatureDetector(PoisoningDetector):
         return out
 
     def _calibration_scores(self, X: FloatArray, y: IntArray) -> FloatArray:
-        rng = np.random.default_rng(self.seed)
-        size = min(self.window_size, X.shape[0])
-        scores = [
-            self._score(X[w], y[w])
-            for w in (rng.choice(X.shape[0], size, replace=False) for _ in range(self.n_windows))
-        ]
-        return np.concatenate(scores)
+        return clean_window_scores(
+            self._score, X, y, self.window_size, self.n_windows, self.seed
+        )
