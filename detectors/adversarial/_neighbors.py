@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from detectors.adversarial.base import class_index
+
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
@@ -96,3 +98,31 @@ def class_margin(
     d_other = np.minimum(d_other, top)
     score = np.log(d_claim + eps) - np.log(d_other + eps)
     return score, D.argmin(axis=1).astype(np.int64)
+
+
+class LabelledNeighbours:
+    """Fit and query of a labelled reference: the ``k``-th distance to each class.
+
+    Shared by the detectors that let a trusted labelled reference vote on a record's class
+    (SSL-vs-model disagreement, feedback label consistency). The host sets ``k``,
+    ``normalize`` and ``classes_``; the fit stores ``reference_`` and ``ref_class_``.
+    """
+
+    k: int
+    normalize: bool
+    classes_: IntArray
+    reference_: FloatArray
+    ref_class_: IntArray
+
+    def _fit_reference(self, X: FloatArray, y: IntArray) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        self.reference_ = normalize_rows(X) if self.normalize else X.copy()
+        self.ref_class_ = class_index(self.classes_, y)
+
+    def _class_distances(self, Q: FloatArray) -> FloatArray:
+        """``(len(Q), n_classes)``: see :func:`class_kth_distances`."""
+        Q = normalize_rows(Q) if self.normalize else Q
+        return class_kth_distances(
+            Q, self.reference_, self.ref_class_, self.classes_.shape[0], self.k
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.adversarial._neighbors import class_kth_distances, class_margin, normalize_rows
+from detectors.adversarial._neighbors import LabelledNeighbours, class_margin
 from detectors.adversarial.base import (
     AdversarialDetector,
     FloatArray,
@@ -16,7 +16,7 @@ from detectors.base import register
 
 
 @register("adversarial.disagreement")
-class DisagreementDetector(AdversarialDetector):
+class DisagreementDetector(LabelledNeighbours, AdversarialDetector):
     """Disagreement between the model's prediction and a kNN vote in SSL embedding space.
 
     An attack on the task model moves its prediction; it need not move the record's SSL
@@ -90,19 +90,11 @@ class DisagreementDetector(AdversarialDetector):
         self.seed = seed
 
     def _fit_model(self, ref: Views, y: IntArray) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}")
-        emb = ref.embedding
-        self.reference_ = normalize_rows(emb) if self.normalize else emb.copy()
-        self.ref_class_ = class_index(self.classes_, y)
-        self.n_features_in_ = int(emb.shape[1])
+        self._fit_reference(ref.embedding, y)
+        self.n_features_in_ = int(ref.embedding.shape[1])
 
     def _distances(self, views: Views) -> FloatArray:
-        Q = check_dim(views.embedding, self.n_features_in_)
-        Q = normalize_rows(Q) if self.normalize else Q
-        return class_kth_distances(
-            Q, self.reference_, self.ref_class_, self.classes_.shape[0], self.k
-        )
+        return self._class_distances(check_dim(views.embedding, self.n_features_in_))
 
     def _score(self, views: Views) -> FloatArray:
         pred = class_index(self.classes_, views.need("prediction", self.name))

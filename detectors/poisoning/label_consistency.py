@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.adversarial._neighbors import class_kth_distances, class_margin, normalize_rows
+from detectors.adversarial._neighbors import LabelledNeighbours, class_margin
 from detectors.base import register
 from detectors.poisoning.base import FloatArray, IntArray, PoisoningDetector
 
 
 @register("poisoning.label_consistency")
-class LabelConsistencyDetector(PoisoningDetector):
+class LabelConsistencyDetector(LabelledNeighbours, PoisoningDetector):
     """Does the trusted reference agree with the label a feedback record arrives with?
 
     ``score = log d_k(claimed label) - log d_k(nearest other class)``, with ``d_k(c)`` the
@@ -75,16 +75,10 @@ class LabelConsistencyDetector(PoisoningDetector):
         self.seed = seed
 
     def _fit_model(self, X: FloatArray, y: IntArray) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}")
-        self.reference_ = normalize_rows(X) if self.normalize else X.copy()
-        self.ref_class_ = self.label_index(y)
+        self._fit_reference(X, y)
 
     def _distances(self, X: FloatArray) -> FloatArray:
-        Q = normalize_rows(X) if self.normalize else X
-        return class_kth_distances(
-            Q, self.reference_, self.ref_class_, self.classes_.shape[0], self.k
-        )
+        return self._class_distances(X)
 
     def _score(self, X: FloatArray, labels: IntArray) -> FloatArray:
         return class_margin(self._distances(X), self.label_index(labels))[0]
