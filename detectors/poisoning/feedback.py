@@ -9,13 +9,14 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from detectors.base import Detector, check_array, load_state, register
-from detectors.ood.calibration import tail_probability
+from detectors.ood.calibration import conformal_threshold, tail_probability
 from detectors.poisoning.base import (
     FloatArray,
     IntArray,
     PoisoningDetector,
     PoisoningResult,
     check_labels,
+    clean_window_scores,
     window_result,
 )
 from detectors.poisoning.burst import BurstDetector
@@ -23,34 +24,53 @@ from detectors.poisoning.label_consistency import LabelConsistencyDetector
 from detectors.poisoning.spectral import SpectralSignatureDetector
 
 SIGNALS = ("label_consistency", "spectral", "burst")
+#: How the signals are combined (state layout): min tail, one threshold from clean windows.
+COMBINATION = "min-p/joint-1"
 
 
 @register("poisoning.feedback")
 class FeedbackPoisoningDetector(PoisoningDetector):
-    """Union of calibrated poisoning signals, each at ``fpr / n_signals`` (Bonferroni).
+    """Calibrated poisoning signals combined into one test at ``fpr`` (min-p).
 
-    Every signal is calibrated on clean held-out trusted records at ``fpr / n_signals``; a
-    record is flagged when any signal flags it, so a clean record is flagged with
-    probability at most ``fpr``. The suspicion score is ``-log(n_signals * min_tail)``
-    (flagged above ``-log(fpr)``); the result's ``neighbour_class`` is the class the trusted
-    reference votes for.
+    Each signal turns a record's score into a conformal tail probability against its own
+    clean calibration scores; the record's combined score is ``-log`` of the smallest of
+    these tails, and one threshold on it is calibrated at ``fpr`` on clean windows of
+    ``window_size`` records drawn from the trusted data. A user does not know which attack
+    comes, so the combination is judged as one detector: its clean flag rate is ``fpr``
+    whatever the correlation of the signals (a union of ``m`` tests at ``fpr / m`` each spends
+    the budget blindly, and its per-signal thresholds sit at the edge of a small calibration
+    set). The windowed signals (spectral signatures, bursts) score a record against the rest
+    of its window, so they and the joint threshold calibrate on windows drawn from the
+    reference and the held-out records together: a larger pool steadies thresholds that a
+    few hundred held-out records leave to chance. Label consistency calibrates on the
+    held-out records only (a reference record is its own neighbour); its in-sample scores in
+    the joint pool are low, which leaves it a little more than its share of ``fpr``.
+
+    A signal with ``n`` calibration scores has no tail below ``1 / (n + 1)``: keep ``fpr``
+    above about ``m / (n + 1)`` for the smallest ``n``, or that signal cannot reach the
+    threshold. The result's ``neighbour_class`` is the class the trusted reference votes
+    for; :meth:`signal_flags` says which signal crossed the threshold.
 
     Parameters
     ----------
     signals : sequence of str
         Any of ``"label_consistency"``, ``"spectral"``, ``"burst"``.
     window_size : int
-        Records per feedback window (the windowed signals calibrate on clean windows of
-        this size).
+        Records per feedback window (the windowed signals and the joint threshold calibrate
+        on clean windows of this size).
     fpr : float
         Target false-positive rate per clean record (all signals together).
     calibration_fraction, seed
         The hold-out used when ``fit`` gets no ``X_cal``, and the signals' seed.
+    n_windows : int
+        Clean windows drawn to calibrate the joint threshold.
 
     Attributes
     ----------
     threshold_ : float
-        ``-log(fpr)``.
+        Threshold on the combined score ``-log(min tail)``, calibrated at ``fpr``.
+    calibration_scores_ : ndarray
+        Sorted combined scores of the clean calibration windows.
 
     Examples
     --------
@@ -65,7 +85,7 @@ class FeedbackPoisoningDetector(PoisoningDetector):
     >>> lw[:20] = (yw[:20] + 1) % 4  # 5 % flipped
     >>> res = det.predict(Xw, lw)
     >>> round(float(res.is_poisoned[:20].mean()), 2), round(float(res.is_poisoned[20:].mean()), 3)
-    (1.0, 0.026)
+    (1.0, 0.029)
     """
 
     _components: list[PoisoningDetector]
@@ -77,12 +97,14 @@ class FeedbackPoisoningDetector(PoisoningDetector):
         fpr: float = 0.01,
         calibration_fraction: float = 0.3,
         seed: int | None = 0,
+        n_windows: int = 40,
     ) -> None:
         self.signals = signals
         self.window_size = window_size
         self.fpr = fpr
         self.calibration_fraction = calibration_fraction
         self.seed = seed
+        self.n_windows = n_windows
 
     def _make(self, name: str, fpr: float) -> PoisoningDetector:
         if name == "label_consistency":
@@ -104,15 +126,30 @@ class FeedbackPoisoningDetector(PoisoningDetector):
         y = check_labels(y_ref, X.shape[0], "y_ref")
         for key in list(self._learned()):
             delattr(self, key)
-        each = self.fpr / len(names)
-        self._components = [self._make(n, each).fit(X, y, X_cal, y_cal) for n in names]
+        if self.n_windows < 1:
+            raise ValueError(f"n_windows must be at least 1, got {self.n_windows}")
+        if X_cal is None:  # the signals hold out their own share of the reference
+            pool, y_pool = X, y
+        else:
+            Xc = check_array(X_cal, name="X_cal", dim=X.shape[1])
+            yc = check_labels(y_cal, Xc.shape[0], "y_cal")
+            pool, y_pool = np.vstack([X, Xc]), np.concatenate([y, yc])
+        each = self.fpr  # the signals' own thresholds serve standalone use only
+        self._components = []
+        for n in names:
+            det = self._make(n, each)
+            if isinstance(det, LabelConsistencyDetector):
+                det.fit(X, y, X_cal, y_cal)
+            else:  # windowed: calibrate on windows of all the trusted records
+                det.fit(X, y, pool, y_pool)
+            self._components.append(det)
         self.n_features_in_ = int(X.shape[1])
         self.classes_ = np.unique(y)
-        self.threshold_ = float(-np.log(self.fpr))
-        # calibration_scores_ keeps the contract of the family: the combined score of the
-        # first signal's calibration records is not available for windowed signals, so the
-        # tail probability of a record is its Bonferroni-adjusted smallest signal tail
-        self.calibration_scores_ = np.empty(0)
+        cal = np.sort(clean_window_scores(
+            self._score, pool, y_pool, self.window_size, self.n_windows, self.seed
+        ))
+        self.calibration_scores_ = cal
+        self.threshold_ = conformal_threshold(cal, self.fpr)
         return self
 
     def _tails(self, X: FloatArray, labels: IntArray) -> FloatArray:
@@ -121,31 +158,24 @@ class FeedbackPoisoningDetector(PoisoningDetector):
         ])
 
     def _score(self, X: FloatArray, labels: IntArray) -> FloatArray:
-        m = len(self._components)
-        return -np.log(np.minimum(1.0, m * self._tails(X, labels).min(axis=0)))
+        return -np.log(self._tails(X, labels).min(axis=0))
 
     def signal_flags(self, X: ArrayLike, labels: ArrayLike) -> dict[str, NDArray[np.bool_]]:
-        """Which signal flags which record (evidence)."""
+        """Which signal takes which record over the combined threshold (evidence)."""
         self._check_fitted()
         Xv = check_array(X, dim=self.n_features_in_)
-        lab = check_labels(labels, Xv.shape[0], "labels")
-        return {
-            n: c.score(Xv, lab) > c.threshold_
-            for n, c in zip(self.signals, self._components, strict=True)
-        }
+        tails = self._tails(Xv, check_labels(labels, Xv.shape[0], "labels"))
+        return {n: -np.log(t) > self.threshold_ for n, t in zip(self.signals, tails, strict=True)}
 
     def predict(self, X: ArrayLike, labels: ArrayLike) -> PoisoningResult:
         scores = self.score(X, labels)
         Xv = check_array(X, dim=self.n_features_in_)
-        m = len(self._components)
-        tail = np.minimum(1.0, m * self._tails(Xv, check_labels(labels, Xv.shape[0], "labels"))
-                          .min(axis=0))
         votes = None
         for c in self._components:
             if isinstance(c, LabelConsistencyDetector):
                 votes = c._neighbour_class(Xv)
         return window_result(scores, self.threshold_, self.calibration_scores_, self.fpr,
-                             self.name, votes, tail)
+                             self.name, votes)
 
     def _extra_state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         arrays: dict[str, NDArray[Any]] = {}
@@ -154,9 +184,15 @@ class FeedbackPoisoningDetector(PoisoningDetector):
             a, m = det.get_state()
             arrays.update({f"{i}.{k}": v for k, v in a.items()})
             metas.append(m)
-        return arrays, {"components": metas}
+        return arrays, {"components": metas, "combination": COMBINATION}
 
     def _load_extra_state(self, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> None:
+        if meta.get("combination") != COMBINATION:
+            raise ValueError(
+                f"poisoning.feedback state combines its signals as "
+                f"{meta.get('combination', 'a Bonferroni union')!r}, this repwatch as "
+                f"{COMBINATION!r}: refit the detector on the trusted reference"
+            )
         comps: list[Detector] = []
         for i, m in enumerate(meta.get("components", [])):
             prefix = f"{i}."
