@@ -122,11 +122,19 @@ class QueryAttackDetector(Detector):
     history : int
         Earlier queries per client compared with each new one.
     window : int
-        ``m`` of the count rule.
+        ``m`` of the count rule. Attacks send their flagged queries back to back, so a
+        short window costs them little and lets ``k`` be small: with ``m = 5`` and
+        ``query_fpr = 0.00025`` the calibration picks ``k = 2`` on the digits benchmark, and
+        an attack is alerted at its third query at the earliest (the first one is the clean
+        input, which nothing flags). SquareAttack on 8×8 digits often succeeds by its
+        second or third query; every query the rule waits for is a run lost
+        (``benchmarks/results/security.md``).
     k : int or None
         ``k`` of the count rule; ``None`` calibrates it.
     query_fpr : float
-        Target benign flag rate of each signal, per query.
+        Target benign flag rate of each signal, per query (low, so that ``k = 2`` keeps
+        benign clients within ``alert_budget``; the calibration stream should then hold
+        well over ``1 / query_fpr`` benign queries).
     alert_budget : float
         Target probability that a benign client is alerted within ``budget_queries``.
     budget_queries : int
@@ -154,7 +162,7 @@ class QueryAttackDetector(Detector):
     >>> send = lambda who, x: det.update_batch(who, emb(x), window_hashes(x), content_digest(x))
     >>> res = send(["mallory"] * 40, walk)
     >>> [(a.client, a.record_index) for a in res.alerts]
-    [('mallory', 3)]
+    [('mallory', 2)]
     >>> fresh = rng.random((200, 64))
     >>> send(["alice"] * 200, fresh).alerts
     ()
@@ -171,9 +179,9 @@ class QueryAttackDetector(Detector):
     def __init__(
         self,
         history: int = 32,
-        window: int = 20,
+        window: int = 5,
         k: int | None = None,
-        query_fpr: float = 0.001,
+        query_fpr: float = 0.00025,
         alert_budget: float = 0.005,
         budget_queries: int = 1000,
         max_df: float = 0.01,
