@@ -113,7 +113,7 @@ def run(model: OnnxDigits, pool: Array, victims: Array, labels: Array,
             "benign_flag_rate": float(res.flagged.mean()),
         }
         for attack, streams in runs.items():
-            found, stopped = [], 0
+            found, succeeded, stopped = [], [], 0
             for i, Qa in enumerate(streams):
                 r = send(d, model, [f"{attack}-{i}"] * len(Qa), Qa)
                 at = first_alert(r)
@@ -121,9 +121,14 @@ def run(model: OnnxDigits, pool: Array, victims: Array, labels: Array,
                 pred = model.logits(Qa).argmax(1)
                 ok = (pred != labels[i]) & (np.abs(Qa - victims[i]).max(1) <= eps + 1e-5)
                 success = int(np.flatnonzero(ok)[0]) + 1 if ok.any() else None
+                succeeded.append(success)
                 if at is not None and (success is None or at < success):
                     stopped += 1
-            row[attack] = {"alerts": found, "stopped_before_success": stopped}
+            # a k-of-m rule alerts at the earliest on query k + 1: the first query is the
+            # clean image, which nothing flags; a run that succeeds by then is out of reach
+            reachable = sum(s is None or s > det.k_ + 1 for s in succeeded)
+            row[attack] = {"alerts": found, "success": succeeded,
+                           "stopped_before_success": stopped, "reachable": reachable}
         for attack, streams in runs.items():  # the longest run, split over 10 pseudonyms
             Qa = max(streams, key=len)
             r = send(d, model, [f"{attack}-sock{j % 10}" for j in range(len(Qa))], Qa)

@@ -76,8 +76,8 @@ def ours(
         "spectral signatures (penultimate, fpr 0.01)": (
             SpectralSignatureDetector(window_size=window, fpr=0.01), "feat"),
         "burst (SSL, fpr 0.01)": (BurstDetector(window_size=window, fpr=0.01), "emb"),
-        "union of the three (SSL, fpr 0.015)": (
-            FeedbackPoisoningDetector(window_size=window, fpr=0.015), "emb"),
+        "combined: min-p of the three, one threshold (SSL, fpr 0.01)": (
+            FeedbackPoisoningDetector(window_size=window, fpr=0.01), "emb"),
     }
     for det, view in dets.values():
         if view == "emb":
