@@ -10,11 +10,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detectors.adversarial.base import class_index
+from detectors.ood._blocks import run_blocks
+from detectors.ood._exact import kth_neighbour, top_k_columns
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
-#: Memory of one block of squared distances (float64).
+#: Memory of one block of float32 similarities.
 _BLOCK_BYTES = 1 << 24
 
 
@@ -25,19 +27,15 @@ def normalize_rows(X: FloatArray) -> FloatArray:
     return X / norms[:, None]
 
 
-def _blocks(n_query: int, n_ref: int) -> range:
-    rows = max(1, _BLOCK_BYTES // (8 * max(1, n_ref)))
-    return range(0, n_query, rows)
+def _f32(X: FloatArray) -> NDArray[np.float32]:
+    return np.ascontiguousarray(X, dtype=np.float32)
 
 
-def sq_distances(Q: FloatArray, R: FloatArray, r_sq: FloatArray) -> FloatArray:
-    """Squared Euclidean distances ``(len(Q), len(R))`` (expanded form, clipped at 0)."""
-    q_sq = np.einsum("ij,ij->i", Q, Q)
-    D = Q @ R.T
-    D *= -2.0
-    D += q_sq[:, None]
-    D += r_sq[None, :]
-    return np.maximum(D, 0.0)
+def _distances_to(Q: FloatArray, R: FloatArray, idx: NDArray[np.intp]) -> FloatArray:
+    """Float64 distance from each query to the reference rows ``idx`` picks for it."""
+    diff = R[idx] - (Q[:, None, :] if idx.ndim == 2 else Q)
+    axis = diff.ndim - 1
+    return np.sqrt(np.einsum("...d,...d->...", diff, diff)) if axis else np.abs(diff)
 
 
 def class_kth_distances(
@@ -46,34 +44,40 @@ def class_kth_distances(
     """Distance from each query to its ``k``-th nearest reference row of each class.
 
     Returns ``(len(Q), n_classes)``; a class with fewer than ``k`` rows uses its farthest row,
-    a class with none gives ``inf``.
+    a class with none gives ``inf``. The search is :func:`detectors.ood._exact.kth_neighbour`
+    (float32 products, blocked) on each class's rows; the chosen row's distance is float64.
     """
-    r_sq = np.einsum("ij,ij->i", R, R)
-    members = [np.flatnonzero(ref_class == c) for c in range(n_classes)]
+    Q32, R32 = _f32(Q), _f32(R)
+    half = 0.5 * np.einsum("ij,ij->i", R32, R32)
     out = np.full((Q.shape[0], n_classes), np.inf)
-    step = _blocks(Q.shape[0], R.shape[0]).step
-    for lo in range(0, Q.shape[0], step):
-        D = sq_distances(Q[lo : lo + step], R, r_sq)
-        for c, cols in enumerate(members):
-            if cols.size == 0:
-                continue
-            kc = min(k, cols.size)
-            Dc = D[:, cols]
-            out[lo : lo + step, c] = np.partition(Dc, kc - 1, axis=1)[:, kc - 1]
-    return np.sqrt(out)
+    for c in range(n_classes):
+        cols = np.flatnonzero(ref_class == c)
+        if cols.size == 0 or Q.shape[0] == 0:
+            continue
+        kc = min(k, cols.size)
+        idx = kth_neighbour(Q32, R32[cols], kc, half[cols], _BLOCK_BYTES, 1)
+        out[:, c] = _distances_to(Q, R, cols[idx])
+    return out
 
 
 def knn_distances(Q: FloatArray, R: FloatArray, k: int) -> FloatArray:
-    """The ``k`` smallest distances from each query to the reference, ascending ``(n, k)``."""
-    r_sq = np.einsum("ij,ij->i", R, R)
+    """The ``k`` smallest distances from each query to the reference, ascending ``(n, k)``.
+
+    Row blocks of float32 products with :func:`detectors.ood._exact.top_k_columns` picking
+    the ``k`` nearest; their distances are float64.
+    """
     k = min(k, R.shape[0])
+    Q32, R32 = _f32(Q), _f32(R)
+    half = 0.5 * np.einsum("ij,ij->i", R32, R32)
     out = np.empty((Q.shape[0], k))
-    step = _blocks(Q.shape[0], R.shape[0]).step
-    for lo in range(0, Q.shape[0], step):
-        D = sq_distances(Q[lo : lo + step], R, r_sq)
-        part = np.partition(D, k - 1, axis=1)[:, :k]
-        out[lo : lo + step] = np.sort(part, axis=1)
-    return np.sqrt(out)
+
+    def block(lo: int, hi: int) -> None:
+        S = Q32[lo:hi] @ R32.T
+        S -= half
+        out[lo:hi] = np.sort(_distances_to(Q[lo:hi], R, top_k_columns(S, k)), axis=1)
+
+    run_blocks(block, Q.shape[0], _BLOCK_BYTES // (4 * max(1, R.shape[0])), 1)
+    return out
 
 
 def class_margin(
