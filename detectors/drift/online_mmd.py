@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
 from detectors.base import StreamingDetector, check_array, register
@@ -279,7 +280,8 @@ class OnlineMMDDrift(StreamingDetector):
 
     def update_batch(self, X: Any) -> OnlineDriftResult:
         """Feed records in arrival order; one statistic and threshold per record."""
-        self._check_fitted()
+        if "thresholds_" not in self.__dict__:
+            self._check_fitted()
         X = check_array(X, name="X", dim=self.n_features_in_)
         with small_blas():
             stats = self._advance(X)
@@ -304,59 +306,87 @@ class OnlineMMDDrift(StreamingDetector):
             test=self.name,
         )
 
-    def _mean_kernel_to_reference(self, Y: FloatArray) -> FloatArray:
-        """``mean_r k(r, y)`` for each row of ``Y``: one float32 GEMM, one ``exp``, one sum.
+    def _kernel_parts(self) -> tuple[NDArray[Any], NDArray[Any], float]:
+        """Reference side ``[2g r, -g|r|^2, 1]^T`` (float32, ``(d + 2, m)``), centre, ``g``.
 
-        The exponent ``-|r - y|^2 / (2 sigma^2)`` comes out of a single product of augmented
-        matrices ``[y, 1, -g|y|^2] @ [2g r, -g|r|^2, 1]^T`` (``g = 1 / (2 sigma^2)``), so no
-        distance matrix is formed and rescaled element by element. Both sides are centred on
-        the sub-reference's mean first, which keeps the float32 exponent's absolute error near
-        ``1e-7`` (kernel values to ~1e-7 relative); sums are accumulated in float64. The
-        reference side is built once per sub-reference and cached (never persisted).
+        Built once per sub-reference and cached (never persisted: state holds ``x_ref_``).
         """
-        aug = self.__dict__.get("_ref_aug")
-        g = 1.0 / (2.0 * self.bandwidth_**2)
-        if aug is None or aug[0] is not self.x_ref_:
+        parts = self.__dict__.get("_ref_aug")
+        if parts is None or parts[0] is not self.x_ref_:
+            g = 1.0 / (2.0 * self.bandwidth_**2)
             mu = self.x_ref_.mean(axis=0)
             R = self.x_ref_ - mu
-            A = np.empty((R.shape[0], R.shape[1] + 2))
-            A[:, :-2] = 2.0 * g * R
-            A[:, -2] = -g * np.einsum("ij,ij->i", R, R)
-            A[:, -1] = 1.0
-            aug = self._ref_aug = (self.x_ref_, np.ascontiguousarray(A.T, dtype=np.float32), mu)
-        Yc = Y - aug[2]
+            A = np.empty((R.shape[1] + 2, R.shape[0]), dtype=np.float32)
+            A[:-2] = 2.0 * g * R.T
+            A[-2] = -g * np.einsum("ij,ij->i", R, R)
+            A[-1] = 1.0
+            parts = self._ref_aug = (self.x_ref_, A, mu, g)
+        return parts[1], parts[2], parts[3]
+
+    def _augment(self, Y: FloatArray) -> NDArray[Any]:
+        """Rows ``[y - mu, 1, -g|y - mu|^2]`` in float32 (``mu``: the sub-reference's mean).
+
+        Their product with an augmented column side is the kernel exponent
+        ``-g |y - r|^2`` (``g = 1 / (2 sigma^2)``) in one GEMM, with no distance matrix formed
+        and rescaled element by element. Centring keeps the float32 exponent's absolute error
+        near ``1e-7`` (kernel values to ~1e-7 relative).
+        """
+        _, mu, g = self._kernel_parts()
+        Yc = Y - mu
         Ya = np.empty((Y.shape[0], Y.shape[1] + 2), dtype=np.float32)
         Ya[:, :-2] = Yc
         Ya[:, -2] = 1.0
-        Ya[:, -1] = -g * np.einsum("ij,ij->i", Yc, Yc)
-        E = Ya @ aug[1]
-        np.minimum(E, 0.0, out=E)  # a distance is never negative (rounding near duplicates)
-        np.exp(E, out=E)
-        out: FloatArray = E.sum(axis=1, dtype=np.float64) / aug[0].shape[0]
+        Ya[:, -1] = -g * np.einsum("ij,ij->i", Yc, Yc)  # float64 norms: half the error
+        return Ya
+
+    def _mean_kernel_to_reference(self, Y: FloatArray) -> FloatArray:
+        """``mean_r k(r, y)`` for each row of ``Y``: one float32 GEMM, one ``exp``, one sum."""
+        return self._reference_term(self._augment(Y))
+
+    def _reference_term(self, Ya: NDArray[Any]) -> FloatArray:
+        A = self._kernel_parts()[0]
+        E = Ya @ A
+        np.exp(E, out=E)  # rounding may put a duplicate's value ~1e-7 above 1; harmless
+        out: FloatArray = E.sum(axis=1).astype(np.float64)  # pairwise float32 sums
+        out /= A.shape[1]
         return out
 
     def _advance(self, X: FloatArray) -> FloatArray:
-        """Slide the window over ``X``; the MMD² after each record."""
-        W, bw = self.window_size, self.bandwidth_
+        """Slide the window over ``X``; the MMD² after each record.
+
+        Per chunk of ``m`` records, everything is float32 and three BLAS/ufunc passes: the
+        augmented rows of window + records (``W + m``), their product with the cached
+        sub-reference side (``m x M``, then ``exp`` and row sums) and with themselves
+        (``(W + m)^2``, then ``exp``). Window sums then move by one record at a time: the
+        window starting at ``s + 1`` gains record ``s + W``'s kernel sum with the ``W - 1``
+        records it shares (``G[s + W, s + 1:s + W]``) and loses record ``s``'s
+        (``G[s, s + 1:s + W]``); both are diagonal bands of ``G``, read as strided
+        ``(m, W - 1)`` views (no prefix sums, no copies).
+        """
+        W = self.window_size
+        g = self._kernel_parts()[2]
         stats = np.empty(X.shape[0])
         for lo in range(0, X.shape[0], _STEP_CHUNK):
             new = X[lo : lo + _STEP_CHUNK]
             m = new.shape[0]
+            L = W + m
             Z = np.vstack([self.window_, new])
-            c = np.concatenate([self.window_kxy_, self._mean_kernel_to_reference(new)])
-            G = gaussian_kernel(Z, Z, bw)
-            # Window sums move by one record at a time: the window starting at s + 1 gains
-            # record s + W's kernel sum with the W - 1 records it shares and loses record s's.
-            # Row prefix sums give both; a 2-D prefix sum would cost a strided pass more.
-            C = np.zeros((W + m, W + m + 1))
-            np.cumsum(G, axis=1, out=C[:, 1:])
-            s = np.arange(m)
-            gain = C[s + W, s + W] - C[s + W, s + 1]
-            loss = C[s, s + W] - C[s, s + 1]
-            pairs = G[:W, :W].sum() - np.trace(G[:W, :W]) + 2.0 * np.cumsum(gain - loss)
-            starts = s + 1
+            Za = self._augment(Z)
+            c = np.concatenate([self.window_kxy_, self._reference_term(Za[W:])])
+            Zb = np.empty((Za.shape[1], L), dtype=np.float32)
+            np.multiply(Za[:, :-2].T, 2.0 * g, out=Zb[:-2])
+            Zb[-2] = Za[:, -1]
+            Zb[-1] = 1.0
+            G = Za @ Zb
+            np.exp(G, out=G)
+            flat, band = G.reshape(-1), (m, W - 1)
+            step = (G.strides[0] + G.strides[1], G.strides[1])
+            loss = as_strided(flat[1:], band, step).sum(axis=1)
+            gain = as_strided(flat[W * L + 1 :], band, step).sum(axis=1)
+            moves = (gain - loss).astype(np.float64).cumsum()
+            pairs = float(G[:W, :W].sum()) - W + 2.0 * moves  # unit diagonal left out
             cc = np.concatenate([[0.0], c.cumsum()])
-            kxy = (cc[starts + W] - cc[starts]) / W
+            kxy = (cc[W + 1 : L + 1] - cc[1 : m + 1]) / W
             stats[lo : lo + m] = self.kxx_term_ + pairs / (W * (W - 1)) - 2.0 * kxy
             self.window_, self.window_kxy_ = Z[-W:].copy(), c[-W:].copy()
         return stats
