@@ -15,7 +15,9 @@ difference is reported where the method is the same.
 Speed. kNN scoring of 10k queries (d = 128) against a 10k reference next to the bare float32
 matrix product of the same size in the same run (one ``Q @ R.T`` call, and the same product in
 row blocks into a reused buffer); Mahalanobis and energy scoring rates; pytorch-ood beside them.
-Timings are medians of interleaved repeats (the machine is shared).
+Timings are medians of interleaved repeats (the machine is shared); pytorch-ood stays warm in
+its own process and its calls are interleaved with repwatch's, the same number of each (CPU
+time beside wall clock for both).
 
 pytorch-ood runs in its own virtualenv (``benchmarks/envs/setup_pytorch_ood.sh``) as a
 subprocess on arrays passed through a temporary ``.npz``; without it the peer columns are empty.
@@ -380,28 +382,55 @@ def speed(peer_ok: bool, repeats: int) -> dict[str, Any]:
     logits = rng.normal(size=(n_m, n_cls))
     energy = EnergyDetector().fit(logits[:20_000])
     knn1 = KNNDetector.from_state(*_with(knn, n_jobs=1))
-    timings: dict[str, list[float]] = {}
     tasks: dict[str, Callable[[], Any]] = {
         "matmul (one call)": lambda: Q32 @ R.T,
         "matmul (kNN's blocks and threads)": blocked,
-        "knn score": lambda: knn.score(Q),
-        "knn score (n_jobs=1: blocks in sequence, threaded BLAS)": lambda: knn1.score(Q),
+        "knn score": lambda: knn.score(Q32),  # float32 queries, as the peer gets them
+        "knn score (n_jobs=1: blocks in sequence, threaded BLAS)": lambda: knn1.score(Q32),
         "mahalanobis score": lambda: maha.score(Qm),
         "matmul 200k x 128 x 128 float64 (one call)": lambda: Qm @ Wm,
         "relative mahalanobis score": lambda: rmaha.score(Qm),
         "energy score": lambda: energy.score(logits),
     }
+    peer = None
+    if peer_ok:
+        peer = PeerServer(
+            {
+                "speed/knn_ref": R,
+                "speed/knn_query": Q32,
+                "speed/maha_fit": Zm,
+                "speed/maha_fit_y": y,
+                "speed/maha_query": Qm,
+                "speed/logits": logits,
+            },
+            {"k": K},
+        )
+    names = list(tasks) + ([f"pytorch-ood {p}" for p in PEER_CALLS] if peer else [])
+    timings: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
-    for _ in range(repeats):  # interleaved, so that load from other processes hits all alike
-        for name, fn in tasks.items():
-            c0, t0 = time.process_time(), time.perf_counter()
-            fn()
-            timings.setdefault(name, []).append(time.perf_counter() - t0)
-            cpu.setdefault(name, []).append(time.process_time() - c0)
+    try:
+        # Interleaved, peer included, so that load from other processes hits all alike: every
+        # call the same number of times, the order rotated from repeat to repeat.
+        for r in range(repeats):
+            k = (r * 3) % len(names)
+            for name in names[k:] + names[:k]:
+                if name in tasks:
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    tasks[name]()
+                    wall, used = time.perf_counter() - t0, time.process_time() - c0
+                else:
+                    assert peer is not None
+                    wall, used = peer.call(name.removeprefix("pytorch-ood "))
+                timings.setdefault(name, []).append(wall)
+                cpu.setdefault(name, []).append(used)
+    finally:
+        if peer is not None:
+            peer.close()
     med = {k: float(np.median(v)) for k, v in timings.items()}
     best = {k: float(np.min(v)) for k, v in timings.items()}
-    out: dict[str, Any] = {
+    return {
         "cpu_median_s": {k: float(np.median(v)) for k, v in cpu.items()},
+        "cpu_all_s": cpu,
         "median_s": med,
         "min_s": best,
         "all_s": timings,
@@ -412,24 +441,49 @@ def speed(peer_ok: bool, repeats: int) -> dict[str, Any]:
         "block_rows": rows,
         "n_records": n_m,
         "n_classes": n_cls,
+        "repeats": repeats,
+        "load_avg": os.getloadavg(),
     }
-    if peer_ok:
-        peer = run_peer(
-            {
-                "speed/knn_ref": R,
-                "speed/knn_query": Q32,
-                "speed/maha_fit": Zm,
-                "speed/maha_fit_y": y,
-                "speed/maha_query": Qm,
-                "speed/logits": logits,
-            },
-            {"k": K, "repeats": repeats},
+
+
+#: the peer's timed calls, in the order of :func:`speed`'s rows
+PEER_CALLS = ("knn", "mahalanobis", "energy")
+
+
+class PeerServer:
+    """pytorch-ood in its own venv, warm, one timed call per request (see ``--serve``)."""
+
+    def __init__(self, arrays: dict[str, Array], config: dict[str, Any]) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        src = Path(self._tmp.name) / "speed.npz"
+        cfg = np.frombuffer(json.dumps(config).encode(), dtype=np.uint8)
+        np.savez(src, **{"config": cfg, **arrays})  # type: ignore[arg-type]
+        self._proc = subprocess.Popen(
+            [str(PEER_PYTHON), str(PEER_SCRIPT), "--serve", str(src)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
         )
-        if peer is not None:
-            out["peer_s"] = {
-                k.split("/")[1]: float(v) for k, v in peer.items() if k.startswith("time/")
-            }
-    return out
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().strip()
+        if line != "ready":
+            self.close()
+            raise RuntimeError(f"pytorch-ood peer did not start (said {line!r})")
+
+    def call(self, name: str) -> tuple[float, float]:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(name + "\n")
+        self._proc.stdin.flush()
+        out = json.loads(self._proc.stdout.readline())
+        return float(out["wall"]), float(out["cpu"])
+
+    def close(self) -> None:
+        if self._proc.poll() is None and self._proc.stdin is not None:
+            self._proc.stdin.write("quit\n")
+            self._proc.stdin.flush()
+            self._proc.wait(timeout=60)
+        self._tmp.cleanup()
 
 
 def _with(det: KNNDetector, **params: Any) -> tuple[dict[str, Array], dict[str, Any]]:

@@ -14,6 +14,12 @@ Input keys (all optional):
 * ``config``: JSON bytes with ``k`` (KNN neighbours) and ``repeats`` (timing repeats).
 
 Output: ``score/<rep>/<method>`` and ``time/<what>`` (seconds, best of ``repeats``).
+
+``python benchmarks/ood_pytorch_ood.py --serve IN.npz`` is the interleaved timing mode that
+``benchmarks/ood.py`` uses: it fits on the ``speed/*`` arrays, prints ``ready``, then runs one
+call per line read from stdin (``knn``, ``mahalanobis``, ``energy``; ``quit`` ends it) and
+prints ``{"wall": s, "cpu": s}`` for it, so that the driver can alternate its own calls with
+the peer's, the same number of each, while both processes stay warm.
 Computation is float64 (``torch.set_default_dtype``) so that scores can be compared with
 repwatch's to 1e-5; pytorch-ood allocates its Mahalanobis means/covariance in the default dtype.
 """
@@ -106,5 +112,43 @@ def main(src: str, dst: str) -> None:
     np.savez(dst, **out)  # type: ignore[arg-type]
 
 
+def serve(src: str) -> None:
+    """One timed call per stdin line: wall and process CPU time (all threads) of that call."""
+    import torch
+    from pytorch_ood.detector import KNN, EnergyBased, Mahalanobis
+
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(2)
+    with np.load(src, allow_pickle=False) as f:
+        data = {k: f[k] for k in f.files}
+    config = json.loads(bytes(data.pop("config", np.zeros(0, np.uint8))).decode() or "{}")
+    t = torch.from_numpy
+    ref, q = t(data["speed/knn_ref"]), t(data["speed/knn_query"])
+    knn = KNN(None, k=int(config.get("k", 10))).fit_features(
+        ref, torch.zeros(len(ref), dtype=torch.long)
+    )
+    maha = Mahalanobis(None).fit_features(
+        t(data["speed/maha_fit"]), t(data["speed/maha_fit_y"]).long()
+    )
+    qm, lg = t(data["speed/maha_query"]), t(data["speed/logits"])
+    calls: dict[str, Callable[[], Any]] = {
+        "knn": lambda: knn.predict_features(q),
+        "mahalanobis": lambda: maha.predict_features(qm),
+        "energy": lambda: EnergyBased.score(lg),
+    }
+    print("ready", flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        if name == "quit":
+            break
+        c0, t0 = time.process_time(), time.perf_counter()
+        calls[name]()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--serve":
+        serve(sys.argv[2])
+    else:
+        main(sys.argv[1], sys.argv[2])
