@@ -264,10 +264,9 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], sp: dict[str, Any])
         "## Notes",
         "",
         "- Exact kNN is bound by the matrix product: at 10k reference rows (d = 128) a batch of "
-        "1,000 records costs ~15 ms on a quiet machine (2-4x that under load). No approximate "
-        "index is bundled; one (e.g. faiss "
-        "IVF/HNSW, on this machine's local index as `faiss-cpu`) would only pay off well beyond "
-        "~100k reference rows and was not evaluated here.",
+        "1,000 records costs ~15 ms on a quiet machine (2-4x that under load). The approximate "
+        "IVF index (`faiss` extra, `KNNDetector(approximate_from=...)`) pays off from ~100k "
+        "reference rows: see `benchmarks/results/knn_scale.md`.",
         "- The 'matmul in kNN's blocks' baseline runs the same product in the same row blocks "
         "and threads (single-threaded BLAS per block, blocks in parallel), without the "
         "selection: it is the honest roofline. Under load from other jobs it beats one "
