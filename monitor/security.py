@@ -166,14 +166,10 @@ class AdversarialStage(RecordStage):
             self.closed(w, report)
 
     def closed(self, w: ClosedWindow, report: StepReport) -> None:
-        flagged = int(w.X[:, 1].sum())
-        frac = flagged / w.n
-        if not self.onset(bool(flagged) and frac >= self.cfg.min_flagged_fraction):
+        onset = self.flag_onset(w)
+        if onset is None:
             return
-        fpr = self.last["fpr"]
-        from scipy.stats import binom
-
-        p_value = float(binom.sf(flagged - 1, w.n, fpr)) if 0 < fpr < 1 else None
+        flagged, frac, fpr, p_value = onset
         badness = np.where(w.X[:, 1] > 0, w.X[:, 0], -np.inf)
         ids = evidence(w.ids, badness)
         where = {rid: i for i, rid in enumerate(w.ids)}

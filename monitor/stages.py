@@ -377,18 +377,29 @@ class RecordStage(WindowedStage):
         for w in closed:
             self.closed(w, report)
 
-    def closed(self, w: ClosedWindow, report: StepReport) -> None:
+    def flag_onset(self, w: ClosedWindow) -> tuple[int, float, float, float | None] | None:
+        """``(flagged, fraction, fpr, p_value)`` when the window starts an episode, else None.
+
+        Column 1 of ``w.X`` holds the flags; the p-value is the chance of at least this many
+        flags in a window of in-distribution records at the calibrated ``fpr``.
+        """
         flagged = int(w.X[:, 1].sum())
         frac = flagged / w.n
         if not self.onset(bool(flagged) and frac >= self.cfg.min_flagged_fraction):
-            return
+            return None
         fpr = self.last["fpr"]
         p_value = None
         if 0 < fpr < 1:
             from scipy.stats import binom
 
-            # Chance of at least this many flags in a window of in-distribution records.
             p_value = float(binom.sf(flagged - 1, w.n, fpr))
+        return flagged, frac, fpr, p_value
+
+    def closed(self, w: ClosedWindow, report: StepReport) -> None:
+        onset = self.flag_onset(w)
+        if onset is None:
+            return
+        flagged, frac, fpr, p_value = onset
         report.findings.append(self.finding(
             self.family, statistic=frac, threshold=self.cfg.min_flagged_fraction,
             p_value=p_value, window=w.bounds(),
