@@ -177,6 +177,19 @@ class Sidecar:
             self.metrics.rejected.labels(exc.reason).inc()
 
     # ---- request-path helpers -----------------------------------------------------------
+    def feeds(self, model: ServedModel, req: Any, control: Any) -> dict[str, Any]:
+        """The model's input feeds for a parsed request (REST or gRPC), its rows bounded, and the
+        request's own ``parameters.timeout`` (µs, as Triton sends it) applied to ``control``."""
+        feeds: dict[str, Any] = model.prepare(req)
+        arr = feeds.get(model.input_name)
+        if arr is not None and arr.ndim:
+            self.limits.rows(arr.shape[0], "the request")
+        timeout = req.parameters.get("timeout")
+        if timeout is not None:
+            control.timeout = min(self.config.serving.request_timeout_seconds,
+                                  float(timeout) / 1e6)
+        return feeds
+
     def new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
 

@@ -214,14 +214,7 @@ class SidecarApp:
         if encoding is not None:
             body = limits.decode_body(body, encoding)
         req = parse_request(body, header_length, limits)
-        feeds = model.prepare(req)
-        arr = feeds.get(model.input_name)
-        if arr is not None and arr.ndim:
-            limits.rows(arr.shape[0], "the request")
-        timeout = req.parameters.get("timeout")
-        if timeout is not None:
-            control.timeout = min(self.request_timeout, float(timeout) / 1e6)
-        return req, feeds
+        return req, self.side.feeds(model, req, control)
 
     def _work(
         self,

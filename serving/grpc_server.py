@@ -184,14 +184,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         limits = self.side.limits
         req = codec.to_infer_request(request, limits, REQUEST_PARAMETERS, INPUT_PARAMETERS,
                                      OUTPUT_PARAMETERS)
-        feeds = model.prepare(req)
-        arr = feeds.get(model.input_name)
-        if arr is not None and arr.ndim:
-            limits.rows(arr.shape[0], "the request")
-        timeout = req.parameters.get("timeout")
-        if timeout is not None:
-            control.timeout = min(self.request_timeout, float(timeout) / 1e6)
-        return req, feeds
+        return req, self.side.feeds(model, req, control)
 
     # ---- helpers -----------------------------------------------------------------------------
     async def _lookup(self, method: str, name: str, version: str, context: Any) -> ServedModel:
