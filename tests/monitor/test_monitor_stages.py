@@ -141,17 +141,23 @@ def _keyed_pipe(tmp_path: Path | None, detector: dict[str, Any], det: Any = None
     return Pipeline(cfg, "1", ref, 0, None if tmp_path is None else tmp_path / "keyed")
 
 
-def test_a_client_keyed_stage_sees_each_clients_records_in_order(tmp_path: Path) -> None:
-    rng = np.random.default_rng(3)
-    clients = [f"c{k}" for k in range(50)] + ["bad"]
+def _client_stream(rng: Any, clients: list[str], n: int) -> tuple[list[R.Record], dict[str, int]]:
+    """``n`` records from clients drawn at random: x[0] is the client's own record counter,
+    x[1] is 1 for client 'bad' (which :class:`_OrderProbe` flags)."""
     counters = dict.fromkeys(clients, 0)
     stream = []
-    for i in range(5000):
+    for i in range(n):
         c = clients[int(rng.integers(len(clients)))]
         x = np.zeros(D)
         x[0], x[1] = counters[c], 1.0 if c == "bad" else 0.0
         counters[c] += 1
         stream.append(_rec(i, x, client=c))
+    return stream, counters
+
+
+def test_a_client_keyed_stage_sees_each_clients_records_in_order(tmp_path: Path) -> None:
+    clients = [f"c{k}" for k in range(50)] + ["bad"]
+    stream, counters = _client_stream(np.random.default_rng(3), clients, 5000)
     pipe = _keyed_pipe(tmp_path, {"name": "test.order_probe", "key": "client",
                                   "window": {"size": 20, "min_records": 10}},
                        _OrderProbe().fit(None))
@@ -171,16 +177,7 @@ def test_a_keyed_episode_starts_at_the_same_client_record_however_the_stream_is_
 ) -> None:
     """A restarted worker re-reads records in other batches: the alert window (hence its id)
     must not depend on where the batches were cut."""
-    rng = np.random.default_rng(5)
-    clients = ["a", "b", "bad"]
-    counters = dict.fromkeys(clients, 0)
-    stream = []
-    for i in range(1500):
-        c = clients[int(rng.integers(len(clients)))]
-        x = np.zeros(D)
-        x[0], x[1] = counters[c], 1.0 if c == "bad" else 0.0
-        counters[c] += 1
-        stream.append(_rec(i, x, client=c))
+    stream, _ = _client_stream(np.random.default_rng(5), ["a", "b", "bad"], 1500)
     windows = set()
     for size in (7, 333, 1500):
         pipe = _keyed_pipe(None, {"name": "test.order_probe", "key": "client",
