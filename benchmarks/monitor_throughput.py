@@ -25,10 +25,12 @@ a worker holding 10 models with 10k-row references.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,7 +87,8 @@ def fit_references(cfg: Config, X: np.ndarray, knn_ref: int) -> dict[str, Any]:
     knn = fit_reference(m.model_copy(update={"detectors": m.detectors[2:]}), X[:knn_ref], "b")
     online = fit_reference(m.model_copy(update={"detectors": m.detectors[1:2]}), X[:2000], "b")
     dets = {**full.detectors, **online.detectors, **knn.detectors}
-    ref = ReferenceSet(m.name, dets, full.mean, full.scale, "bench", X.shape[0])
+    ref = ReferenceSet(m.name, dets, full.mean, full.scale, "bench", X.shape[0],
+                       full.embeddings)
     return {mc.name: ref for mc in cfg.models}
 
 
@@ -244,36 +247,6 @@ def latency(cfg: Config, refs: dict[str, Any], broker: str, topic: str, rate: fl
             "alert_delay": delays, "false_alarms": false_alarms}
 
 
-def rss_child(broker: str, ref_dir: str, n_models: int, per_model: int) -> None:
-    """Child process: a worker with ``n_models`` models (10k references), fed ``per_model``."""
-    import json
-
-    topic = f"rss.{os.getpid()}"
-    models = [f"m{i}" for i in range(n_models)]
-    cfg = make_config(broker, topic, Path(tempfile.mkdtemp()), models, 10000, Path(ref_dir))
-    from prometheus_client import CollectorRegistry
-
-    from monitor.runtime import Worker
-
-    w = Worker(cfg, CollectorRegistry(), consumer_settings=TIMEOUTS)  # loads 10 references
-    loaded = _hwm()
-    for m in models:
-        produce(broker, topic, per_model, m, 10000, None, 1_700_000_000_000)
-    w.start()
-    end = time.monotonic() + 300
-    while w.processed < n_models * per_model and time.monotonic() < end:
-        w.step(0.1)
-    w.close()
-    print(json.dumps({"loaded_mb": loaded, "peak_mb": _hwm(), "processed": w.processed}))
-
-
-def _hwm() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=60_000)
@@ -282,7 +255,6 @@ def main() -> None:
     ap.add_argument("--latency-rates", default="1000,2000", help="rates of the latency runs")
     ap.add_argument("--latency-only", action="store_true", help="only the latency run; print")
     ap.add_argument("--out", type=Path, default=OUT, help="results file (markdown)")
-    ap.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--compare", metavar="REV", help="only the full scenario, beside the "
                     "pipeline of git revision REV (alternating runs), plus a keyed scenario; "
                     "writes benchmarks/results/monitor_pipeline_v2.md")
@@ -292,10 +264,6 @@ def main() -> None:
         from monitor_compare import compare
 
         compare(args.compare, args.records)
-        return
-    if args.rss_child:
-        b, ref_dir, n, per = args.rss_child
-        rss_child(b, ref_dir, int(n), int(per))
         return
     from monitor.reference import save_reference
 
@@ -370,11 +338,17 @@ def main() -> None:
                     mmd.predict(X[:2000] + 0.01)
                     times.append(time.perf_counter() - t)
                 mmd_test = min(times)
+        for i in range(1, 10):  # each model its own reference files (no shared page cache)
+            shutil.copytree(ref_dir, tmp / "refs" / f"m{i}")
+        shutil.copytree(ref_dir, tmp / "refs" / "m0")
         child = subprocess.run(
-            [sys.executable, __file__, "--rss-child", broker.address, str(ref_dir), "10", "2000"],
+            [sys.executable, str(ROOT / "benchmarks" / "monitor_memory.py"), "--child",
+             str(ROOT), broker.address, str(tmp / "refs"), "10", "2000"],
             capture_output=True, text=True, timeout=600, cwd=ROOT,
         )
-        rss = __import__("json").loads(child.stdout.strip().splitlines()[-1])
+        line = [ln for ln in child.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+        got = json.loads(line[len("RESULT "):])
+        rss = {"peak_mb": got["final"]["VmHWM"], "loaded_mb": got["loaded"]["VmHWM"]}
         print("rss", rss, flush=True)
         lines = report(args, results, ceil, lats, rss, mmd_test)
     finally:
@@ -481,8 +455,10 @@ def report(args: Any, results: dict[str, Any], ceil: dict[str, float],
         "## Memory",
         "",
         f"A worker holding 10 models, each with a 10k-row reference (kNN 10k, RFF-MMD 10k, online "
-        f"MMD 2k), after processing 2,000 records per model: peak RSS **{rss['peak_mb']:,.0f} MB** "
-        f"({rss['loaded_mb']:,.0f} MB after loading the references).",
+        f"MMD 2k), each model its own reference directory, after processing 2,000 records per "
+        f"model: peak RSS **{rss['peak_mb']:,.0f} MB** ({rss['loaded_mb']:,.0f} MB after "
+        "loading the references). Before/after figures of the same run, and what each "
+        "detector holds: [monitor_memory.md](monitor_memory.md).",
     ]
     return out
 

@@ -1,12 +1,17 @@
 """References: the fitted detectors of one model, built from reference embeddings and saved.
 
-A reference directory holds one ``.npz`` per configured detector (``Detector.save``: arrays +
-JSON, no pickle), ``stats.npz`` (reference mean and scale, used to pick the most anomalous
-records of a window as alert evidence) and ``manifest.json``::
+A reference directory holds ``embeddings.npy`` (the reference embeddings once, float32,
+memory-mapped at load), one ``.npz`` per configured detector (its state: arrays + JSON, no
+pickle) with the arrays it shares with the embeddings or holds in large files taken out (see
+:mod:`monitor.refstore`), ``stats.npz`` (reference mean and scale, used to pick the most
+anomalous records of a window as alert evidence) and ``manifest.json``::
 
-    {"format": 1, "model": "digits", "dim": 64, "rows": 1797, "source": "array:ref.npy",
-     "created": "2026-…Z", "detectors": [{"id": "drift.mmd", "name": "drift.mmd",
-     "file": "00-drift.mmd.npz", "params": {...}}]}
+    {"format": 2, "model": "digits", "dim": 64, "rows": 1797, "source": "array:ref.npy",
+     "created": "2026-…Z", "embeddings": "embeddings.npy",
+     "detectors": [{"id": "drift.mmd", "name": "drift.mmd", "file": "00-drift.mmd.npz",
+                    "params": {...}, "arrays": {"x_ref_": {"kind": "embeddings", ...}}}]}
+
+Format 1 directories (every array inside the detector's ``.npz``) still load.
 
 :func:`load_reference` accepts such a directory, or an array file (``.npy``, or ``.npz`` with an
 ``X``/``embeddings`` array) that it fits at start. Each detector is fitted on the input its stage
@@ -35,9 +40,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from monitor import refstore
 from monitor.config import DetectorConfig, ModelConfig
 
-REFERENCE_FORMAT = 1
+REFERENCE_FORMAT = 2
+#: Reference directory formats this version loads.
+READS_FORMATS = (1, 2)
 
 
 def detector_ids(detectors: list[DetectorConfig]) -> list[str]:
@@ -56,6 +64,8 @@ class ReferenceSet:
     scale: NDArray[np.float64]
     source: str
     rows: int
+    #: the reference embeddings in float32 (memory-mapped when loaded from a directory)
+    embeddings: NDArray[np.float32] | None = None
 
     @property
     def dim(self) -> int:
@@ -136,7 +146,8 @@ def fit_reference(cfg: ModelConfig, X: NDArray[Any], source: str,
         fitted[det_id] = reg[dc.name](**dc.params).fit(data)  # type: ignore[attr-defined]
     scale = X.std(axis=0)
     scale[scale == 0] = 1.0
-    return ReferenceSet(cfg.name, fitted, X.mean(axis=0), scale, source, int(X.shape[0]))
+    return ReferenceSet(cfg.name, fitted, X.mean(axis=0), scale, source, int(X.shape[0]),
+                        np.asarray(X, dtype=np.float32))
 
 
 def save_reference(ref: ReferenceSet, directory: Path) -> Path:
@@ -144,13 +155,19 @@ def save_reference(ref: ReferenceSet, directory: Path) -> Path:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    from detectors.base import save_state
+
+    rows = None
+    if ref.embeddings is not None:
+        rows = refstore.RowIndex(refstore.write_embeddings(tmp, ref.embeddings))
     entries = []
     for i, (det_id, det) in enumerate(ref.detectors.items()):
-        fname = f"{i:02d}-{det_id.replace('#', '_')}.npz"
-        det.save(tmp / fname)
-        entries.append(
-            {"id": det_id, "name": det.name, "file": fname, "params": det.get_state()[1]["params"]}
-        )
+        stem = f"{i:02d}-{det_id.replace('#', '_')}"
+        arrays, meta = det.get_state()
+        inline, external = refstore.split_state(arrays, stem, tmp, rows)
+        save_state(tmp / f"{stem}.npz", inline, meta)
+        entries.append({"id": det_id, "name": det.name, "file": f"{stem}.npz",
+                        "params": meta["params"], "arrays": external})
     np.savez(tmp / "stats.npz", mean=ref.mean, scale=ref.scale)
     manifest = {
         "format": REFERENCE_FORMAT,
@@ -159,6 +176,7 @@ def save_reference(ref: ReferenceSet, directory: Path) -> Path:
         "rows": ref.rows,
         "source": ref.source,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "embeddings": refstore.EMBEDDINGS if rows is not None else None,
         "detectors": entries,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -174,7 +192,7 @@ def save_reference(ref: ReferenceSet, directory: Path) -> Path:
 
 def load_reference(cfg: ModelConfig, path: Path) -> ReferenceSet:
     """Load a saved reference directory, or fit one from an array file."""
-    from detectors.base import load
+    from detectors.base import load_state, read_state
 
     path = Path(path)
     if path.is_file():
@@ -187,8 +205,12 @@ def load_reference(cfg: ModelConfig, path: Path) -> ReferenceSet:
             "build one with: repwatch reference fit"
         )
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != REFERENCE_FORMAT:
-        raise ValueError(f"{path}: reference format {manifest.get('format')!r} is not supported")
+    if manifest.get("format") not in READS_FORMATS:
+        raise ValueError(f"{path}: reference format {manifest.get('format')!r} is not supported "
+                         f"(this repwatch reads {READS_FORMATS}); refit with: repwatch "
+                         "reference fit")
+    emb = manifest.get("embeddings")
+    E = refstore.open_array(path / emb) if emb else None
     by_id = {e["id"]: e for e in manifest["detectors"]}
     fitted: dict[str, Any] = {}
     for det_id, dc in zip(detector_ids(cfg.detectors), cfg.detectors, strict=True):
@@ -198,7 +220,9 @@ def load_reference(cfg: ModelConfig, path: Path) -> ReferenceSet:
                 f"reference {path} has no fitted {det_id!r} for model {cfg.name!r} "
                 f"(it holds {sorted(by_id)}); refit it with: repwatch reference fit"
             )
-        fitted[det_id] = load(path / entry["file"])
+        arrays, meta = read_state(path / entry["file"])
+        arrays = refstore.join_state(arrays, entry.get("arrays", {}), path, E)
+        fitted[det_id] = load_state(arrays, meta)
     with np.load(path / "stats.npz", allow_pickle=False) as f:
         mean, scale = f["mean"], f["scale"]
     if cfg.embedding_dim is not None and mean.shape[0] != cfg.embedding_dim:
@@ -207,4 +231,4 @@ def load_reference(cfg: ModelConfig, path: Path) -> ReferenceSet:
             f"{cfg.embedding_dim}"
         )
     return ReferenceSet(cfg.name, fitted, mean, scale, str(manifest.get("source", path)),
-                        int(manifest.get("rows", 0)))
+                        int(manifest.get("rows", 0)), E)

@@ -60,6 +60,7 @@ from monitor.checkpoint import CheckpointStore, ModelCheckpoint, ReferenceOverri
 from monitor.config import Config, ConfigPathError, ModelConfig
 from monitor.dlq import DeadLetters
 from monitor.kafka_io import TP, Batch, Consumer, Producer
+from monitor.memory import release_free_memory
 from monitor.pipeline import Pipeline, StepReport, check_inputs
 from monitor.prefetch import PrefetchingConsumer
 from monitor.reference import ReferenceSet, detector_ids, load_reference
@@ -243,6 +244,9 @@ class Worker:
         now = time.monotonic()
         if now - self._last_ckpt >= self.cfg.monitor.checkpoint_interval_seconds:
             self.checkpoint_and_commit()
+            t = time.perf_counter()
+            release_free_memory()  # the batches' freed temporaries (see monitor.memory)
+            self._time("memory", t)
         if now - self._last_lag >= 1.0:
             self._last_lag = now
             for (topic, part), lag in self.consumer.lag(self.positions).items():
