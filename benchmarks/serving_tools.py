@@ -242,11 +242,13 @@ class Sidecar:
         queue_size: int = 10000,
         kafka_client: str = "auto",
         grpc: bool = False,
+        compression: str = "lz4",
     ) -> None:
         self.port = localstack.free_port()
         self.grpc_port = localstack.free_port() if grpc else None
         cfg = {
-            "kafka": {"bootstrap_servers": [broker or "127.0.0.1:9"]},
+            "kafka": {"bootstrap_servers": [broker or "127.0.0.1:9"],
+                      "compression": compression},
             "models": [{"name": name, "path": str(model)}],
             "serving": {
                 "host": "127.0.0.1",

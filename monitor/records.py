@@ -480,52 +480,21 @@ class DecodedBatch:
 def decode_many(messages: Sequence[bytes]) -> DecodedBatch:
     """Decode a batch; bad records are reported with their index instead of raising.
 
-    Finiteness is checked once over all embeddings of the batch (vectorised), which is what makes
-    the monitor's decode path fast; a record with NaN/inf is still rejected on its own.
+    Each record is decoded as :func:`decode` does (its finiteness checked with one dot product,
+    the exact check only when that is not finite). A vectorised check over the whole batch
+    (concatenating every embedding, then ``isfinite``) was tried and measured slower: the
+    concatenation costs more than the per-record dot products it replaces
+    (``benchmarks/results/codec.md``).
     """
     records: list[Record] = []
-    idx: list[int] = []
     errors: list[tuple[int, RecordError]] = []
+    append = records.append
     for i, msg in enumerate(messages):
         try:
-            records.append(_decode_map(_unpack(msg), check_finite=False))
-            idx.append(i)
+            append(_decode_map(_unpack(msg)))
         except RecordError as exc:
             errors.append((i, exc))
-    bad = _non_finite(records)
-    if bad:
-        keep = []
-        for j, r in enumerate(records):
-            if j in bad:
-                errors.append((idx[j], RecordError(bad[j], "contains NaN or inf")))
-            else:
-                keep.append(r)
-        records = keep
-        errors.sort(key=lambda e: e[0])
     return DecodedBatch(records, errors)
-
-
-def _non_finite(records: Sequence[Record]) -> dict[int, str]:
-    """Indices of records with a non-finite embedding or scores, checked in one pass."""
-    bad: dict[int, str] = {}
-    if not records:
-        return bad
-    for field in ("embedding", "scores"):
-        arrays = [(j, getattr(r, field)) for j, r in enumerate(records)]
-        arrays = [(j, a) for j, a in arrays if a is not None]
-        if not arrays:
-            continue
-        flat = np.concatenate([a.astype(np.float32, copy=False) for _, a in arrays])
-        if np.isfinite(flat).all():
-            continue
-        for j, a in arrays:
-            if not np.isfinite(a).all():
-                bad.setdefault(j, field)
-    for j, r in enumerate(records):
-        for k, a in (r.features or {}).items():
-            if not np.isfinite(a).all():
-                bad.setdefault(j, f"features.{k}")
-    return bad
 
 
 def stack_embeddings(records: Iterable[Record]) -> NDArray[np.float32]:

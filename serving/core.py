@@ -41,7 +41,8 @@ def producer_options_for(config: Config, **overrides: Any) -> dict[str, Any]:
         value = getattr(k, name)
         if value is not None:
             security[name] = str(value)
-    options = {"client_id": f"{k.client_id}-serving", **security, **overrides}
+    options = {"client_id": f"{k.client_id}-serving", "compression": k.compression,
+               **security, **overrides}
     return kafka_producer_options(k.bootstrap_servers, **options)
 
 

@@ -375,7 +375,7 @@ def kafka_producer_options(
     bootstrap_servers: Sequence[str],
     *,
     client_id: str = "repwatch-serving",
-    compression: str = "gzip",
+    compression: str = "lz4",
     linger_ms: int = 50,
     batch_size: int = 256 * 1024,
     delivery_timeout_ms: int = 30_000,
@@ -384,13 +384,18 @@ def kafka_producer_options(
     bootstrap_timeout_ms: int = 5_000,
     **extra: Any,
 ) -> dict[str, Any]:
-    """``KafkaProducer`` settings: idempotent, acks=all, batched, compressed."""
+    """``KafkaProducer`` settings: idempotent, acks=all, batched, compressed.
+
+    lz4 by default: librdkafka spends about half the CPU on gzip that it does on lz4 for these
+    records (``benchmarks/results/serving.md``), and the monitor's kafka-python consumer reads
+    lz4 with the ``lz4`` package, which the ``monitor`` and ``serving`` extras install.
+    """
     return {
         "bootstrap_servers": list(bootstrap_servers),
         "client_id": client_id,
         "acks": "all",
         "enable_idempotence": True,
-        "compression_type": compression,
+        "compression_type": None if compression == "none" else compression,
         "linger_ms": linger_ms,
         "batch_size": batch_size,
         "delivery_timeout_ms": delivery_timeout_ms,

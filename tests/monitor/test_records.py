@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -197,3 +198,34 @@ def test_huge_finite_values_are_not_mistaken_for_inf() -> None:
     emb = np.full(8, 3e38, dtype=np.float32)
     rec = R.Record(model="m", record_id="r", timestamp_ms=1, embedding=emb)
     np.testing.assert_array_equal(R.decode(R.encode(rec)).embedding, emb)
+
+
+def test_decode_many_rejects_each_non_finite_record_alone() -> None:
+    good = R.Record(model="m", record_id="a", timestamp_ms=1, embedding=np.ones(4, np.float32))
+    nan_emb = dataclasses.replace(good, record_id="b",
+                                  embedding=np.array([1, np.nan, 0, 0], np.float32))
+    inf_scores = dataclasses.replace(good, record_id="c",
+                                     scores=np.array([np.inf, 0], np.float32))
+    nan_feature = dataclasses.replace(good, record_id="d", kind="feedback", label=1,
+                                      features={"penultimate": np.array([np.nan], np.float32)})
+    msgs = [R.encode(good), _unsafe_encode(nan_emb), _unsafe_encode(inf_scores),
+            _unsafe_encode(nan_feature), R.encode(good)]
+    batch = R.decode_many(msgs)
+    assert [r.record_id for r in batch.records] == ["a", "a"]
+    assert [(i, e.field) for i, e in batch.errors] == [
+        (1, "embedding"), (2, "scores"), (3, "features.penultimate")]
+
+
+def _unsafe_encode(rec: R.Record) -> bytes:
+    """What a buggy producer could send: the record packed without the encoder's checks."""
+    m = {"v": 1, "model": rec.model, "model_version": rec.model_version, "id": rec.record_id,
+         "ts": rec.timestamp_ms, "kind": rec.kind,
+         "embedding": {"dtype": "f4", "dim": rec.embedding.size,
+                       "data": rec.embedding.tobytes()}}
+    if rec.scores is not None:
+        m["scores"] = {"dtype": "f4", "dim": rec.scores.size, "data": rec.scores.tobytes()}
+    if rec.label is not None:
+        m["label"] = rec.label
+    for k, v in (rec.features or {}).items():
+        m.setdefault("features", {})[k] = {"dtype": "f4", "dim": v.size, "data": v.tobytes()}
+    return msgpack.packb(m, use_bin_type=True)
