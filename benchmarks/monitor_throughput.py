@@ -414,7 +414,9 @@ def report(args: Any, results: dict[str, Any], ceil: dict[str, float],
         f"B = 100) takes **{mmd_test:.2f} s** (best of 3): at one test per 5 s that is "
         f"{mmd_test / 5 * 100:.0f}% of a core, i.e. {mmd_test / 5 / 10:.4f} s per 1,000 "
         f"records at 10k rec/s and {mmd_test / 5 / 25:.4f} s at 25k rec/s (the runs above span "
-        "only a few seconds of event time, so they ran at most one test).",
+        "only a few seconds of event time, so they ran at most one test, and no producer ran "
+        "beside them: the figure to plan with, a worker sharing the machine with its producer "
+        "with several windowed tests per run, is in [monitor_live.md](monitor_live.md)).",
     ]
     full = results["full"]
     stage_sums = {k: v for k, v in full["profile"].items()}
